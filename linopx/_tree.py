@@ -1,0 +1,138 @@
+"""Small pytree and structure helpers shared by operators and solvers."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def structure_of(tree: Any) -> Any:
+    """The `jax.ShapeDtypeStruct` pytree describing `tree`."""
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+def freeze_structure(structure: Any) -> tuple:
+    """Flatten a structure pytree to a hashable `(leaves, treedef)` pair."""
+    leaves, treedef = jax.tree_util.tree_flatten(structure)
+    out = []
+    for leaf in leaves:
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            leaf = jax.ShapeDtypeStruct(jnp.shape(leaf), jnp.result_type(leaf))
+        out.append(jax.ShapeDtypeStruct(tuple(leaf.shape), jnp.dtype(leaf.dtype)))
+    return tuple(out), treedef
+
+
+def thaw_structure(frozen: tuple) -> Any:
+    leaves, treedef = frozen
+    return jax.tree_util.tree_unflatten(treedef, list(leaves))
+
+
+def structure_size(structure: Any) -> int:
+    return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(structure))
+
+
+def structure_dtype(structure: Any):
+    leaves = jax.tree_util.tree_leaves(structure)
+    if not leaves:
+        return jnp.result_type(float)
+    return jnp.result_type(*[leaf.dtype for leaf in leaves])
+
+
+def same_shapes(a: Any, b: Any) -> bool:
+    """Whether two structures have the same tree and leaf shapes (dtypes may differ)."""
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    return ta == tb and [tuple(x.shape) for x in la] == [tuple(x.shape) for x in lb]
+
+
+def describe(structure: Any) -> str:
+    leaves, treedef = jax.tree_util.tree_flatten(structure)
+    shapes = ", ".join(f"{leaf.dtype}{list(leaf.shape)}" for leaf in leaves)
+    if treedef.num_leaves == 1 and treedef == jax.tree_util.tree_structure(0):
+        return shapes
+    return f"{treedef} with leaves [{shapes}]"
+
+
+def ravel(tree: Any, dtype=None) -> jax.Array:
+    """Concatenate the leaves of `tree` into one flat vector (promoting to a common dtype)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    if dtype is None:
+        dtype = jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+    if len(leaves) == 1:
+        return jnp.reshape(leaves[0], (-1,)).astype(dtype)
+    return jnp.concatenate([jnp.reshape(x, (-1,)).astype(dtype) for x in leaves])
+
+
+def unravel(flat: jax.Array, structure: Any) -> Any:
+    """Inverse of `ravel` for the given structure; leaves are cast to the structure's dtypes
+    unless that would drop an imaginary part."""
+    leaves, treedef = jax.tree_util.tree_flatten(structure)
+    out = []
+    start = 0
+    for leaf in leaves:
+        size = math.prod(leaf.shape)
+        piece = flat[start : start + size].reshape(leaf.shape)
+        start += size
+        out.append(piece.astype(jnp.promote_types(leaf.dtype, piece.dtype)))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def tree_add(a: Any, b: Any) -> Any:
+    return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def tree_sub(a: Any, b: Any) -> Any:
+    return jax.tree_util.tree_map(jnp.subtract, a, b)
+
+
+def tree_neg(a: Any) -> Any:
+    return jax.tree_util.tree_map(jnp.negative, a)
+
+
+def tree_scale(a: Any, s: Any) -> Any:
+    return jax.tree_util.tree_map(lambda x: x * s, a)
+
+
+def tree_conj(a: Any) -> Any:
+    return jax.tree_util.tree_map(jnp.conj, a)
+
+
+def tree_zeros(structure: Any) -> Any:
+    return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), structure)
+
+
+def tree_dot(a: Any, b: Any) -> jax.Array:
+    """Bilinear (unconjugated) inner product of two pytrees of arrays."""
+    leaves = [jnp.vdot(jnp.conj(x), y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+    return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros(())
+
+
+def tree_all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    if not leaves:
+        return jnp.array(True)
+    out = leaves[0]
+    for leaf in leaves[1:]:
+        out = out & leaf
+    return out
+
+
+def is_complex_structure(structure: Any) -> bool:
+    return any(jnp.issubdtype(leaf.dtype, jnp.complexfloating) for leaf in jax.tree_util.tree_leaves(structure))
+
+
+def default_float_dtype():
+    return jnp.dtype(jnp.result_type(float))
+
+
+def as_inexact_array(x: Any, name: str) -> jax.Array:
+    """Convert to a JAX array; integer and boolean arrays become JAX's default float dtype."""
+    if isinstance(x, np.ndarray) or not isinstance(x, jax.Array):
+        x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(default_float_dtype())
+    return x

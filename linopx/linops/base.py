@@ -1,0 +1,148 @@
+"""The operator interface: `AbstractLinearOperator`."""
+
+from __future__ import annotations
+
+import abc
+import numbers
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .. import _tree
+from .tags import SQUARE_ONLY_TAGS, as_tags
+
+
+class AbstractLinearOperator(eqx.Module):
+    """A linear map between two pytrees of arrays.
+
+    Subclasses implement `mv`, `as_matrix`, `transpose`, `in_structure` and `out_structure`.
+    Everything else (sizes, `.T`, arithmetic) is derived here. Operators are immutable pytrees:
+    their arrays are leaves (and so differentiable and batchable), their tags and structures are static.
+
+    Arithmetic builds lazy composites:
+
+    ```python
+    A = lx.MatrixLinearOperator(a)
+    B = lx.DiagonalLinearOperator(d)
+    C = 2.0 * A @ B - A.T          # nothing is multiplied out yet
+    C.mv(v)                        # == 2 * a @ (d * v) - a.T @ v
+    ```
+    """
+
+    @abc.abstractmethod
+    def mv(self, vector: Any) -> Any:
+        """Apply the operator: return `A v`, a pytree with the structure of `out_structure()`."""
+
+    @abc.abstractmethod
+    def as_matrix(self) -> jax.Array:
+        """Return the dense `(out_size, in_size)` matrix of the operator (leaves flattened in order)."""
+
+    @abc.abstractmethod
+    def transpose(self) -> "AbstractLinearOperator":
+        """Return the (unconjugated) transpose `Aᵀ`, mapping `out_structure` to `in_structure`."""
+
+    @abc.abstractmethod
+    def in_structure(self) -> Any:
+        """Return the pytree of `jax.ShapeDtypeStruct` that `mv` accepts."""
+
+    @abc.abstractmethod
+    def out_structure(self) -> Any:
+        """Return the pytree of `jax.ShapeDtypeStruct` that `mv` returns."""
+
+    def in_size(self) -> int:
+        """Total number of scalars in the input."""
+        return _tree.structure_size(self.in_structure())
+
+    def out_size(self) -> int:
+        """Total number of scalars in the output."""
+        return _tree.structure_size(self.out_structure())
+
+    @property
+    def T(self) -> "AbstractLinearOperator":
+        """Alias of `transpose()`."""
+        return self.transpose()
+
+    # Arithmetic. The composite classes live in `composite.py`; imported lazily to avoid a cycle.
+    def __add__(self, other: Any) -> "AbstractLinearOperator":
+        from .composite import AddLinearOperator
+
+        if not isinstance(other, AbstractLinearOperator):
+            return NotImplemented
+        return AddLinearOperator(self, other)
+
+    def __sub__(self, other: Any) -> "AbstractLinearOperator":
+        from .composite import AddLinearOperator, NegLinearOperator
+
+        if not isinstance(other, AbstractLinearOperator):
+            return NotImplemented
+        return AddLinearOperator(self, NegLinearOperator(other))
+
+    def __neg__(self) -> "AbstractLinearOperator":
+        from .composite import NegLinearOperator
+
+        return NegLinearOperator(self)
+
+    def __mul__(self, other: Any) -> "AbstractLinearOperator":
+        from .composite import MulLinearOperator
+
+        if isinstance(other, AbstractLinearOperator):
+            raise TypeError(
+                "`A * B` of two operators is not defined; use `A @ B` for composition."
+            )
+        return MulLinearOperator(self, check_scalar(other, "multiply"))
+
+    def __rmul__(self, other: Any) -> "AbstractLinearOperator":
+        return self.__mul__(other)
+
+    def __truediv__(self, other: Any) -> "AbstractLinearOperator":
+        from .composite import DivLinearOperator
+
+        if isinstance(other, AbstractLinearOperator):
+            raise TypeError("`A / B` of two operators is not defined; use `lx.linear_solve`.")
+        return DivLinearOperator(self, check_scalar(other, "divide"))
+
+    def __matmul__(self, other: Any) -> "AbstractLinearOperator":
+        from .composite import ComposedLinearOperator
+
+        if not isinstance(other, AbstractLinearOperator):
+            raise TypeError(
+                "`A @ x` needs an operator on the right; to apply `A` to a vector use `A.mv(x)`."
+            )
+        return ComposedLinearOperator(self, other)
+
+    def __rmatmul__(self, other: Any) -> "AbstractLinearOperator":
+        raise TypeError(
+            "`x @ A` with a non-operator `x` is not defined; wrap matrices in "
+            "`lx.MatrixLinearOperator` first."
+        )
+
+
+def check_scalar(value: Any, verb: str) -> Any:
+    """Accept a Python number or a 0-d array as a scalar factor; raise otherwise."""
+    if isinstance(value, bool):
+        raise TypeError(f"Cannot {verb} an operator by a boolean.")
+    if isinstance(value, numbers.Number):
+        return value
+    if isinstance(value, (jax.Array,)) or hasattr(value, "shape"):
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"Can only {verb} an operator by a scalar, got an array of shape {jnp.shape(value)}; "
+                "for elementwise scaling compose with `lx.DiagonalLinearOperator(d)`."
+            )
+        return jnp.asarray(value)
+    raise TypeError(f"Cannot {verb} an operator by {type(value).__name__}; pass a scalar.")
+
+
+def check_tags(tags: Any, in_structure: Any, out_structure: Any, name: str) -> frozenset:
+    """Normalise tags and reject square-only tags on operators whose structures differ."""
+    tags = as_tags(tags)
+    bad = tags & SQUARE_ONLY_TAGS
+    if bad and not _tree.same_shapes(in_structure, out_structure):
+        raise ValueError(
+            f"{name}: tags {sorted(map(repr, bad))} need the input and output structures to match, "
+            f"but the input is {_tree.describe(in_structure)} and the output is "
+            f"{_tree.describe(out_structure)}. Remove these tags for a non-square operator."
+        )
+    return tags

@@ -1,0 +1,246 @@
+"""Operators built from other operators: tagging, sums, scalings, negation and composition.
+
+These are what the arithmetic on `AbstractLinearOperator` returns; nothing is multiplied out
+until `as_matrix` is called.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .. import _tree
+from .base import AbstractLinearOperator, check_scalar, check_tags
+from .tags import transpose_tags
+
+
+def _promote(structure: Any, dtype: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, jnp.promote_types(s.dtype, dtype)), structure
+    )
+
+
+def _promote_pair(a: Any, b: Any) -> Any:
+    return jax.tree_util.tree_map(
+        lambda x, y: jax.ShapeDtypeStruct(x.shape, jnp.promote_types(x.dtype, y.dtype)), a, b
+    )
+
+
+def _scalar_sign(scalar: Any) -> int | None:
+    """+1/-1/0 for a real Python number; None when the sign is unknown at trace time."""
+    if isinstance(scalar, numbers.Real):
+        return (scalar > 0) - (scalar < 0)
+    return None
+
+
+def _scaled_structure(structure: Any, scalar: Any) -> Any:
+    if isinstance(scalar, numbers.Number):
+        if isinstance(scalar, complex):
+            return jax.tree_util.tree_map(
+                lambda s: jax.ShapeDtypeStruct(s.shape, jnp.result_type(s.dtype, 1j)),
+                structure,
+            )
+        return structure
+    return _promote(structure, jnp.result_type(scalar))
+
+
+class TaggedLinearOperator(AbstractLinearOperator):
+    """Wrap `operator`, adding `tags` to it (for example to promise symmetry of a `FunctionLinearOperator`
+    built elsewhere)."""
+
+    operator: AbstractLinearOperator
+    tags: frozenset = eqx.field(static=True)
+
+    def __init__(self, operator: AbstractLinearOperator, tags: Any):
+        _check_operator(operator, "TaggedLinearOperator")
+        self.operator = operator
+        self.tags = check_tags(
+            tags, operator.in_structure(), operator.out_structure(), "TaggedLinearOperator"
+        )
+
+    def mv(self, vector):
+        return self.operator.mv(vector)
+
+    def as_matrix(self):
+        return self.operator.as_matrix()
+
+    def transpose(self):
+        return TaggedLinearOperator(self.operator.transpose(), transpose_tags(self.tags))
+
+    def in_structure(self):
+        return self.operator.in_structure()
+
+    def out_structure(self):
+        return self.operator.out_structure()
+
+
+class AddLinearOperator(AbstractLinearOperator):
+    """`operator1 + operator2`; both must map the same input structure to the same output structure."""
+
+    operator1: AbstractLinearOperator
+    operator2: AbstractLinearOperator
+
+    def __check_init__(self):
+        a, b = self.operator1, self.operator2
+        _check_operator(a, "AddLinearOperator")
+        _check_operator(b, "AddLinearOperator")
+        if not (
+            _tree.same_shapes(a.in_structure(), b.in_structure())
+            and _tree.same_shapes(a.out_structure(), b.out_structure())
+        ):
+            raise ValueError(
+                "Cannot add operators with different structures: "
+                f"{_tree.describe(a.in_structure())} -> {_tree.describe(a.out_structure())} and "
+                f"{_tree.describe(b.in_structure())} -> {_tree.describe(b.out_structure())}."
+            )
+
+    def mv(self, vector):
+        return _tree.tree_add(self.operator1.mv(vector), self.operator2.mv(vector))
+
+    def as_matrix(self):
+        return self.operator1.as_matrix() + self.operator2.as_matrix()
+
+    def transpose(self):
+        return AddLinearOperator(self.operator1.transpose(), self.operator2.transpose())
+
+    def in_structure(self):
+        return _promote_pair(self.operator1.in_structure(), self.operator2.in_structure())
+
+    def out_structure(self):
+        return _promote_pair(self.operator1.out_structure(), self.operator2.out_structure())
+
+
+class MulLinearOperator(AbstractLinearOperator):
+    """`operator * scalar`. A real Python scalar's sign is remembered so that tags can follow it
+    (a positive semidefinite operator times `-2.0` is negative semidefinite)."""
+
+    operator: AbstractLinearOperator
+    scalar: Any
+    sign: int | None = eqx.field(static=True)
+
+    def __init__(self, operator: AbstractLinearOperator, scalar: Any):
+        _check_operator(operator, "MulLinearOperator")
+        self.operator = operator
+        self.scalar = check_scalar(scalar, "multiply")
+        self.sign = _scalar_sign(self.scalar)
+
+    def mv(self, vector):
+        return _tree.tree_scale(self.operator.mv(vector), self.scalar)
+
+    def as_matrix(self):
+        return self.operator.as_matrix() * self.scalar
+
+    def transpose(self):
+        return MulLinearOperator(self.operator.transpose(), self.scalar)
+
+    def in_structure(self):
+        return _scaled_structure(self.operator.in_structure(), self.scalar)
+
+    def out_structure(self):
+        return _scaled_structure(self.operator.out_structure(), self.scalar)
+
+
+class DivLinearOperator(AbstractLinearOperator):
+    """`operator / scalar`."""
+
+    operator: AbstractLinearOperator
+    scalar: Any
+    sign: int | None = eqx.field(static=True)
+
+    def __init__(self, operator: AbstractLinearOperator, scalar: Any):
+        _check_operator(operator, "DivLinearOperator")
+        self.operator = operator
+        self.scalar = check_scalar(scalar, "divide")
+        if isinstance(self.scalar, numbers.Number) and self.scalar == 0:
+            raise ValueError("Cannot divide an operator by zero.")
+        self.sign = _scalar_sign(self.scalar)
+
+    def mv(self, vector):
+        return jax.tree_util.tree_map(lambda x: x / self.scalar, self.operator.mv(vector))
+
+    def as_matrix(self):
+        return self.operator.as_matrix() / self.scalar
+
+    def transpose(self):
+        return DivLinearOperator(self.operator.transpose(), self.scalar)
+
+    def in_structure(self):
+        return _scaled_structure(self.operator.in_structure(), self.scalar)
+
+    def out_structure(self):
+        return _scaled_structure(self.operator.out_structure(), self.scalar)
+
+
+class NegLinearOperator(AbstractLinearOperator):
+    """`-operator`."""
+
+    operator: AbstractLinearOperator
+
+    def __check_init__(self):
+        _check_operator(self.operator, "NegLinearOperator")
+
+    def mv(self, vector):
+        return _tree.tree_neg(self.operator.mv(vector))
+
+    def as_matrix(self):
+        return -self.operator.as_matrix()
+
+    def transpose(self):
+        return NegLinearOperator(self.operator.transpose())
+
+    def in_structure(self):
+        return self.operator.in_structure()
+
+    def out_structure(self):
+        return self.operator.out_structure()
+
+
+class ComposedLinearOperator(AbstractLinearOperator):
+    """`operator1 @ operator2`: apply `operator2`, then `operator1`."""
+
+    operator1: AbstractLinearOperator
+    operator2: AbstractLinearOperator
+
+    def __check_init__(self):
+        a, b = self.operator1, self.operator2
+        _check_operator(a, "ComposedLinearOperator")
+        _check_operator(b, "ComposedLinearOperator")
+        if not _tree.same_shapes(a.in_structure(), b.out_structure()):
+            raise ValueError(
+                "Cannot compose `A @ B`: A's input is "
+                f"{_tree.describe(a.in_structure())} but B's output is "
+                f"{_tree.describe(b.out_structure())}."
+            )
+
+    def mv(self, vector):
+        return self.operator1.mv(self.operator2.mv(vector))
+
+    def as_matrix(self):
+        return jnp.matmul(
+            self.operator1.as_matrix(),
+            self.operator2.as_matrix(),
+            precision=jax.lax.Precision.HIGHEST,
+        )
+
+    def transpose(self):
+        return ComposedLinearOperator(self.operator2.transpose(), self.operator1.transpose())
+
+    def in_structure(self):
+        dtype = _tree.structure_dtype(self.operator1.in_structure())
+        return _promote(self.operator2.in_structure(), dtype)
+
+    def out_structure(self):
+        dtype = _tree.structure_dtype(self.operator2.out_structure())
+        return _promote(self.operator1.out_structure(), dtype)
+
+
+def _check_operator(operator: Any, name: str) -> None:
+    if not isinstance(operator, AbstractLinearOperator):
+        raise TypeError(
+            f"{name} needs a linopx operator, got {type(operator).__name__}; wrap arrays in "
+            "`lx.MatrixLinearOperator`."
+        )
