@@ -1,0 +1,45 @@
+"""Helpers shared by the solvers: flattening vectors, shape checks, result bookkeeping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from .. import _tree
+from .._solution import RESULTS
+from ..linops.base import AbstractLinearOperator
+
+
+def check_square(operator: AbstractLinearOperator, solver_name: str) -> None:
+    """Raise a `ValueError` naming the fix if `operator` is not square."""
+    m, n = operator.out_size(), operator.in_size()
+    if m != n:
+        raise ValueError(
+            f"{solver_name} needs a square operator, got {m} x {n}. For least squares or minimum "
+            "norm use `lx.QR()`, `lx.SVD()`, `lx.LSMR()` or `lx.AutoLinearSolver(well_posed=None)`."
+        )
+
+
+def flat(vector: Any, dtype: Any = None) -> jax.Array:
+    """The vector's leaves concatenated into one 1-D array."""
+    return _tree.ravel(vector, dtype)
+
+
+def unflat(x: jax.Array, structure: Any) -> Any:
+    """Split a 1-D array back into `structure` (a pytree of `jax.ShapeDtypeStruct`)."""
+    return _tree.unravel(x, structure)
+
+
+def finite_result(x: jax.Array) -> Any:
+    """`RESULTS.successful` if `x` is finite everywhere, else `RESULTS.singular`. A non-finite
+    solution from finite inputs means a zero or underflowed pivot; `linear_solve` reclassifies it as
+    `nonfinite_input` when the inputs themselves were not finite."""
+    return RESULTS.where(jnp.all(jnp.isfinite(x)), RESULTS.successful, RESULTS.singular)
+
+
+def matrix_dtype(operator: AbstractLinearOperator):
+    return jnp.result_type(
+        _tree.structure_dtype(operator.in_structure()), _tree.structure_dtype(operator.out_structure())
+    )
