@@ -1,9 +1,66 @@
-"""linopx: differentiable linear operators and linear solvers for JAX."""
+"""linopx: differentiable linear operators and linear solvers for JAX.
+
+```python
+import linopx as lx
+sol = lx.linear_solve(lx.MatrixLinearOperator(A), b)      # A⁺ b, differentiable
+```
+"""
 
 import importlib.metadata
 
-from .linops import *  # noqa: F401,F403  (the names are listed explicitly in linops/__init__.py)
-from .linops import __dict__ as _linops_namespace
+from ._solution import RESULTS as RESULTS, Solution as Solution
+from ._solve import invert as invert, linear_solve as linear_solve
+from .linops import (
+    AbstractLinearOperator as AbstractLinearOperator,
+    AddLinearOperator as AddLinearOperator,
+    ComposedLinearOperator as ComposedLinearOperator,
+    DiagonalLinearOperator as DiagonalLinearOperator,
+    DivLinearOperator as DivLinearOperator,
+    FunctionLinearOperator as FunctionLinearOperator,
+    IdentityLinearOperator as IdentityLinearOperator,
+    JacobianLinearOperator as JacobianLinearOperator,
+    MatrixLinearOperator as MatrixLinearOperator,
+    MulLinearOperator as MulLinearOperator,
+    NegLinearOperator as NegLinearOperator,
+    PyTreeLinearOperator as PyTreeLinearOperator,
+    TaggedLinearOperator as TaggedLinearOperator,
+    TridiagonalLinearOperator as TridiagonalLinearOperator,
+    conj as conj,
+    diagonal as diagonal,
+    diagonal_tag as diagonal_tag,
+    has_unit_diagonal as has_unit_diagonal,
+    is_diagonal as is_diagonal,
+    is_lower_triangular as is_lower_triangular,
+    is_negative_semidefinite as is_negative_semidefinite,
+    is_positive_semidefinite as is_positive_semidefinite,
+    is_symmetric as is_symmetric,
+    is_tridiagonal as is_tridiagonal,
+    is_upper_triangular as is_upper_triangular,
+    linearise as linearise,
+    lower_triangular_tag as lower_triangular_tag,
+    materialise as materialise,
+    negative_semidefinite_tag as negative_semidefinite_tag,
+    positive_semidefinite_tag as positive_semidefinite_tag,
+    symmetric_tag as symmetric_tag,
+    transpose_tags as transpose_tags,
+    tridiagonal as tridiagonal,
+    tridiagonal_tag as tridiagonal_tag,
+    unit_diagonal_tag as unit_diagonal_tag,
+    upper_triangular_tag as upper_triangular_tag,
+)
+from .solvers import (
+    AbstractLinearSolver as AbstractLinearSolver,
+    AutoLinearSolver as AutoLinearSolver,
+    Cholesky as Cholesky,
+    Diagonal as Diagonal,
+    LU as LU,
+    Normal as Normal,
+    PivotedQR as PivotedQR,
+    QR as QR,
+    SVD as SVD,
+    Triangular as Triangular,
+    Tridiagonal as Tridiagonal,
+)
 
 try:
     __version__ = importlib.metadata.version("linopx")

@@ -43,3 +43,23 @@ def matrix_dtype(operator: AbstractLinearOperator):
     return jnp.result_type(
         _tree.structure_dtype(operator.in_structure()), _tree.structure_dtype(operator.out_structure())
     )
+
+
+def structures(operator: AbstractLinearOperator) -> tuple:
+    """Hashable `(input, output)` structures of `operator`, for a solver state to unflatten with.
+    A transposed state swaps them."""
+    return (_tree.freeze_structure(operator.in_structure()), _tree.freeze_structure(operator.out_structure()))
+
+
+def solution_structure(structs: tuple) -> Any:
+    return _tree.thaw_structure(structs[0])
+
+
+def swap(structs: tuple) -> tuple:
+    return (structs[1], structs[0])
+
+
+def rhs(vector: Any, dtype: Any) -> jax.Array:
+    """Flatten the right-hand side, promoting to the factorization's dtype (or complex if the vector is)."""
+    b = _tree.ravel(vector)
+    return b.astype(jnp.promote_types(b.dtype, dtype))

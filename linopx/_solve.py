@@ -1,0 +1,172 @@
+"""`linear_solve` and `invert`: the entry points."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import PyTree
+
+from . import _tree
+from ._solution import Solution
+from .autodiff.primitive import bind_solve
+from .linops.base import AbstractLinearOperator
+from .solvers.auto import AutoLinearSolver
+from .solvers.base import AbstractLinearSolver
+
+_KNOWN_OPTIONS = frozenset({"y0", "preconditioner"})
+
+
+def _stop_gradient(tree: Any) -> Any:
+    dynamic, static = eqx.partition(tree, eqx.is_inexact_array)
+    return eqx.combine(jax.lax.stop_gradient(dynamic), static)
+
+
+def _check_operator(operator: Any) -> None:
+    if not isinstance(operator, AbstractLinearOperator):
+        kind = type(operator).__name__
+        hint = (
+            "pass `lx.MatrixLinearOperator(matrix)`, not a raw array"
+            if hasattr(operator, "shape")
+            else "wrap it in a linopx operator (e.g. `lx.FunctionLinearOperator(fn, structure)`)"
+        )
+        raise TypeError(f"`operator` must be a linopx operator, got {kind}: {hint}.")
+
+
+def _prepare_vector(operator: AbstractLinearOperator, vector: Any) -> Any:
+    """Check the vector against the operator's output structure and promote its dtypes."""
+    out_structure = operator.out_structure()
+    leaves, treedef = jax.tree_util.tree_flatten(vector)
+    out_leaves, out_treedef = jax.tree_util.tree_flatten(out_structure)
+    shapes = [tuple(jnp.shape(x)) for x in leaves]
+    if treedef != out_treedef or shapes != [tuple(s.shape) for s in out_leaves]:
+        got = _tree.describe(_tree.structure_of(vector)) if leaves else repr(vector)
+        raise ValueError(
+            "The vector does not match the operator's output structure: expected "
+            f"{_tree.describe(out_structure)}, got {got}."
+        )
+    new = []
+    for x, s in zip(leaves, out_leaves):
+        x = jnp.asarray(x)
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            x = x.astype(_tree.default_float_dtype())
+        new.append(x.astype(jnp.promote_types(x.dtype, s.dtype)))
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+def _check_options(options: Any) -> dict:
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise TypeError(f"`options` must be a dict or None, got {type(options).__name__}.")
+    unknown = set(options) - _KNOWN_OPTIONS
+    if unknown:
+        raise ValueError(
+            f"Unknown options {sorted(unknown)}; linear_solve understands {sorted(_KNOWN_OPTIONS)}."
+        )
+    return dict(options)
+
+
+def linear_solve(
+    operator: AbstractLinearOperator,
+    vector: PyTree,
+    solver: AbstractLinearSolver = AutoLinearSolver(well_posed=None),
+    *,
+    options: dict[str, Any] | None = None,
+    state: Any = None,
+    throw: bool = True,
+) -> Solution:
+    """Solve `A x = b` and return the pseudoinverse solution `x = A⁺ b`.
+
+    For a square nonsingular `A` this is the solution; for a tall full-rank `A` it is the least-squares
+    solution; for a wide one the minimum-norm solution; in general (with a solver that allows it, such
+    as `lx.SVD()` or `lx.AutoLinearSolver(well_posed=False)`) the minimum-norm least-squares solution.
+
+    Works under `jax.jit`, `jax.vmap`, `jax.grad`, `jax.jvp`, `jax.jacfwd`/`jacrev` and their
+    compositions. Derivatives reuse the state (factorization) of the forward solve.
+
+    **Arguments:**
+
+    - `operator`: a linopx operator `A` (wrap arrays in `lx.MatrixLinearOperator`).
+    - `vector`: `b`, with the structure of `operator.out_structure()`.
+    - `solver`: how to solve; by default chosen from the operator's tags and shape.
+    - `options`: a dict with `"y0"` (initial guess) and/or `"preconditioner"` (an operator) for
+      iterative solvers. Options get zero derivatives.
+    - `state`: the output of `solver.init(operator, options)` computed earlier, to reuse a
+      factorization across solves (it must come from the same operator values).
+    - `throw`: if `True` (the default), raise at run time when the solve fails (singular matrix,
+      non-convergence, NaN input). If `False`, return the `Solution` with its `result` set, and let the
+      caller check `sol.result == lx.RESULTS.successful`; derivative solves then don't raise either.
+
+    **Returns:** a `lx.Solution` with `value`, `result`, `stats` and `state`.
+
+    ```python
+    A = lx.MatrixLinearOperator(jnp.array([[3.0, 1.0], [1.0, 2.0]]))
+    x = lx.linear_solve(A, jnp.array([9.0, 8.0])).value     # [2., 3.]
+    ```
+    """
+    _check_operator(operator)
+    if not isinstance(solver, AbstractLinearSolver):
+        raise TypeError(
+            f"`solver` must be a linopx solver such as `lx.LU()`, got {type(solver).__name__}."
+        )
+    vector = _prepare_vector(operator, vector)
+    options = _stop_gradient(_check_options(options))
+    if state is None:
+        state = solver.init(_stop_gradient(operator), options)
+    else:
+        state = _stop_gradient(state)
+    value, result, stats = bind_solve(operator, state, vector, options, solver, throw)
+    return Solution(value=value, result=result, stats=stats, state=state)
+
+
+class _InverseLinearOperator(AbstractLinearOperator):
+    """`A⁺` as an operator; see `invert`."""
+
+    operator: AbstractLinearOperator
+    solver: AbstractLinearSolver
+    state: Any
+    options: dict
+
+    def mv(self, vector):
+        return linear_solve(
+            self.operator, vector, self.solver, options=self.options, state=self.state
+        ).value
+
+    def as_matrix(self):
+        from .linops.function import matrix_from_mv
+
+        return matrix_from_mv(self.mv, self.in_structure(), self.out_structure())
+
+    def transpose(self):
+        state, options = self.solver.transpose(self.state, self.options)
+        return _InverseLinearOperator(self.operator.transpose(), self.solver, state, options)
+
+    def in_structure(self):
+        return self.operator.out_structure()
+
+    def out_structure(self):
+        return self.operator.in_structure()
+
+
+def invert(
+    operator: AbstractLinearOperator,
+    solver: AbstractLinearSolver = AutoLinearSolver(well_posed=None),
+    *,
+    options: dict[str, Any] | None = None,
+) -> AbstractLinearOperator:
+    """Return a linear operator that applies `A⁺`, factorizing `A` once, here.
+
+    Each `mv` of the result is a `linear_solve` that reuses the factorization, and is differentiable.
+
+    ```python
+    Ainv = lx.invert(lx.MatrixLinearOperator(a))
+    x1, x2 = Ainv.mv(b1), Ainv.mv(b2)     # one factorization, two solves
+    ```
+    """
+    _check_operator(operator)
+    options = _check_options(options)
+    state = solver.init(_stop_gradient(operator), _stop_gradient(options))
+    return _InverseLinearOperator(operator, solver, state, options)

@@ -1,0 +1,442 @@
+"""The one JAX primitive that carries every linear solve.
+
+`linear_solve_p` takes the array leaves of `(operator, state, vector, options, solver)` as operands and
+everything else (tree structures, tags, the solver's static fields) as a hashable parameter. It is:
+
+- evaluated by calling `solver.compute(state, vector, options)`;
+- differentiated by the pseudoinverse derivative (see `_tangent`), whose solves are again binds of this
+  primitive, so higher derivatives work;
+- linear in `vector`, with transpose `vector ↦ (Aᵀ)⁺ vector` computed from `solver.transpose(state)`,
+  which gives reverse mode without refactorizing;
+- batched by recording one tuple of `in_axes` per `vmap` level and replaying them with `jax.vmap` of
+  `compute` at evaluation time, so that the batched primitive is still this primitive (and so still
+  differentiable by the rules above).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import OrderedDict
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from .. import _tree
+from .._solution import RESULTS
+from ..linops.functions import conj as conj_operator
+
+# ---------------------------------------------------------------------------------------------
+# Static (non-array) parameters
+
+
+def _hashable(x: Any) -> Any:
+    try:
+        hash(x)
+        return x
+    except TypeError:
+        return ("__id__", id(x))
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
+    try:
+        return bool(a == b)
+    except Exception:  # noqa: BLE001 - an exotic `==` (arrays, NaN-safe objects): fall back to identity
+        return False
+
+
+class _Static:
+    """The non-array part of `(operator, state, vector, options, solver)`, hashable so that it can be a
+    primitive parameter. `counts` says how many array leaves each of the five parts has."""
+
+    __slots__ = ("leaves", "static_treedef", "dynamic_treedef", "counts", "_hash")
+
+    def __init__(self, leaves, static_treedef, dynamic_treedef, counts):
+        self.leaves = tuple(leaves)
+        self.static_treedef = static_treedef
+        self.dynamic_treedef = dynamic_treedef
+        self.counts = tuple(counts)
+        self._hash = hash(
+            (tuple(_hashable(x) for x in self.leaves), static_treedef, dynamic_treedef, self.counts)
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: Any) -> bool:
+        return (
+            isinstance(other, _Static)
+            and self._hash == other._hash
+            and self.static_treedef == other.static_treedef
+            and self.dynamic_treedef == other.dynamic_treedef
+            and self.counts == other.counts
+            and len(self.leaves) == len(other.leaves)
+            and all(_same(a, b) for a, b in zip(self.leaves, other.leaves))
+        )
+
+    def combine(self, dynamic_leaves):
+        dynamic = jax.tree_util.tree_unflatten(self.dynamic_treedef, list(dynamic_leaves))
+        static = jax.tree_util.tree_unflatten(self.static_treedef, list(self.leaves))
+        return eqx.combine(dynamic, static)
+
+    def slices(self):
+        """Index ranges of the operator, state, vector, options and solver leaves."""
+        out, start = [], 0
+        for c in self.counts:
+            out.append(slice(start, start + c))
+            start += c
+        return out
+
+
+def _is_leaf_none(x):
+    return x is None
+
+
+def _split(operator, state, vector, options, solver) -> tuple[list, _Static]:
+    parts = (operator, state, vector, options, solver)
+    dynamic, static = eqx.partition(parts, eqx.is_array)
+    counts = [len(jax.tree_util.tree_leaves(p)) for p in dynamic]
+    leaves, dynamic_treedef = jax.tree_util.tree_flatten(dynamic)
+    static_leaves, static_treedef = jax.tree_util.tree_flatten(static)
+    return leaves, _Static(static_leaves, static_treedef, dynamic_treedef, counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def _compute_unbatched(leaves, static: _Static, throw: bool = False):
+    operator, state, vector, options, solver = static.combine(leaves)
+    value, result, stats = solver.compute(state, vector, options)
+    # A non-finite solution from finite inputs means the system is (numerically) singular; non-finite
+    # inputs are reported as such whatever the solver said.
+    s_op, _, s_vec, _, _ = static.slices()
+    inputs_ok = _tree.tree_all_finite(list(leaves[s_op]) + list(leaves[s_vec]))
+    value_ok = _tree.tree_all_finite(value)
+    result = RESULTS.where(
+        inputs_ok,
+        RESULTS.where(
+            (result == RESULTS.successful) & jnp.logical_not(value_ok), RESULTS.singular, result
+        ),
+        RESULTS.nonfinite_input,
+    )
+    if throw:
+        # Raised from inside the primitive, so that it applies equally to the solves that
+        # derivatives make, and never has to be differentiated or transposed itself.
+        value = result.error_if(value, result != RESULTS.successful)
+    return value, result, stats
+
+
+def _flat_outputs(value, result, stats):
+    # `result` is a pytree whose single leaf is its integer code.
+    return [jnp.asarray(x) for x in jax.tree_util.tree_leaves((value, result, stats))]
+
+
+def _impl(*leaves, static: _Static, batch: tuple, throw: bool):
+    def f(leaves):
+        return _flat_outputs(*_compute_unbatched(leaves, static, throw))
+
+    for axes in batch:
+        f = jax.vmap(f, in_axes=(list(axes),), out_axes=0)
+    return f(list(leaves))
+
+
+_SHAPE_CACHE: OrderedDict = OrderedDict()
+_SHAPE_CACHE_SIZE = 512
+
+
+def _out_info(static: _Static, avals: tuple, batch: tuple):
+    """(output treedef of `(value, result, stats)` per member, batched output avals); cached."""
+    key = (static, avals, batch)
+    try:
+        out = _SHAPE_CACHE[key]
+        _SHAPE_CACHE.move_to_end(key)
+        return out
+    except KeyError:
+        pass
+    structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+
+    def member(leaves):
+        return _compute_unbatched(leaves, static)
+
+    def f(leaves):
+        return _flat_outputs(*member(leaves))
+
+    # The tree structure of one member (unbatched); the caller sees unbatched values.
+    unbatched_structs = structs
+    for axes in reversed(batch):
+        unbatched_structs = [
+            s if ax is None else jax.ShapeDtypeStruct(s.shape[:ax] + s.shape[ax + 1 :], s.dtype)
+            for s, ax in zip(unbatched_structs, axes)
+        ]
+    treedef = jax.tree_util.tree_structure(jax.eval_shape(member, unbatched_structs))
+    g = f
+    for axes in batch:
+        g = jax.vmap(g, in_axes=(list(axes),), out_axes=0)
+    out_structs = jax.eval_shape(g, structs)
+    out = (treedef, tuple(jax.core.ShapedArray(s.shape, s.dtype) for s in out_structs))
+    _SHAPE_CACHE[key] = out
+    if len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
+        _SHAPE_CACHE.popitem(last=False)
+    return out
+
+
+def _abstract_eval(*avals, static, batch, throw):
+    return _out_info(static, tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in avals), batch)[1]
+
+
+linear_solve_p = Primitive("linopx_linear_solve")
+linear_solve_p.multiple_results = True
+linear_solve_p.def_impl(_impl)
+linear_solve_p.def_abstract_eval(_abstract_eval)
+mlir.register_lowering(linear_solve_p, mlir.lower_fun(_impl, multiple_results=True))
+
+
+def bind_solve(operator, state, vector, options, solver, throw: bool):
+    """Solve through the primitive. Returns `(value, result, stats)`. With `throw`, a failed solve
+    raises at run time (an `equinox` runtime error carrying the `RESULTS` message)."""
+    leaves, static = _split(operator, state, vector, options, solver)
+    avals = tuple(jax.core.ShapedArray(jnp.shape(x), jnp.result_type(x)) for x in leaves)
+    treedef, _ = _out_info(static, avals, ())
+    out = linear_solve_p.bind(*leaves, static=static, batch=(), throw=throw)
+    value, result, stats = jax.tree_util.tree_unflatten(treedef, out)
+    return value, result, stats
+
+
+def _solve_value(operator, state, vector, options, solver, throw):
+    return bind_solve(operator, state, vector, options, solver, throw)[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# JVP: the pseudoinverse derivative
+
+
+def _zero_tangent_like(x):
+    return jnp.zeros(jnp.shape(x), jnp.result_type(x))
+
+
+def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
+    """Tangent of `x = A⁺ b` for one (unbatched) solve.
+
+    With `A'`, `b'` the tangents of the operator and the vector (either may be absent):
+
+        x' = A⁺(−A'x + A⁺ᴴA'ᴴ(b − Ax) − Az + b') + z,    z = A'ᴴA⁺ᴴx
+
+    (Golub & Pereyra 1973; the form used by Lineax, Rader et al. 2023). The residual term is needed
+    only if `A` may have dependent rows (b outside the range of A); the `z` terms only if `A` may have
+    dependent columns (a null space). Which applies is decided at trace time from the solver's
+    `allow_dependent_rows/columns`. `A'` is applied as a JVP of `mv`, never materialised.
+    """
+    terms = []
+    z = None
+    complex_ = _tree.is_complex_structure(operator.in_structure()) or _tree.is_complex_structure(
+        operator.out_structure()
+    )
+    if vec_t is not None:
+        terms.append(vec_t)
+    if op_t is not None:
+
+        def a_dot(v):
+            return eqx.filter_jvp(lambda o: o.mv(v), (operator,), (op_t,))[1]
+
+        def a_dot_h(w):
+            # A'ᴴ w = conj(A'ᵀ conj(w)); (A')ᵀ = (Aᵀ)' as the transpose is linear.
+            w = _tree.tree_conj(w) if complex_ else w
+            out = eqx.filter_jvp(lambda o: o.transpose().mv(w), (operator,), (op_t,))[1]
+            return _tree.tree_conj(out) if complex_ else out
+
+        terms.append(_tree.tree_neg(a_dot(x)))
+        rows = solver.allow_dependent_rows(operator)
+        cols = solver.allow_dependent_columns(operator)
+        if rows or cols:
+            state_h, options_h = solver.transpose(state, options)
+            operator_h = operator.transpose()
+            if complex_:
+                state_h, options_h = solver.conj(state_h, options_h)
+                operator_h = conj_operator(operator_h)
+
+            def solve_h(w):
+                return _solve_value(operator_h, state_h, w, options_h, solver, throw)
+
+            if rows:
+                residual = _tree.tree_sub(vector, operator.mv(x))
+                terms.append(solve_h(a_dot_h(residual)))
+            if cols:
+                z = a_dot_h(solve_h(x))
+                terms.append(_tree.tree_neg(operator.mv(z)))
+    rhs = functools.reduce(_tree.tree_add, terms)
+    rhs = jax.tree_util.tree_map(
+        lambda r, s: r.astype(jnp.promote_types(r.dtype, s.dtype)), rhs, operator.out_structure()
+    )
+    out = _solve_value(operator, state, rhs, options, solver, throw)
+    if z is not None:
+        out = _tree.tree_add(out, z)
+    return out
+
+
+def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool):
+    out = linear_solve_p.bind(*primals, static=static, batch=batch, throw=throw)
+    s_op, _, s_vec, _, _ = static.slices()
+    op_tangents = tangents[s_op]
+    vec_tangents = tangents[s_vec]
+    has_op = any(type(t) is not ad.Zero for t in op_tangents)
+    has_vec = any(type(t) is not ad.Zero for t in vec_tangents)
+
+    avals = tuple(jax.core.ShapedArray(jnp.shape(p), jnp.result_type(p)) for p in primals)
+    treedef, out_avals = _out_info(static, avals, batch)
+    n_value = treedef.children()[0].num_leaves
+    zeros_out = [ad.Zero(a.to_tangent_aval()) for a in out_avals]
+    if not (has_op or has_vec):
+        return out, zeros_out
+
+    op_idx = [i for i, t in enumerate(op_tangents) if type(t) is not ad.Zero]
+    vec_idx = [i for i, t in enumerate(vec_tangents) if type(t) is not ad.Zero]
+    op_t_given = [op_tangents[i] for i in op_idx]
+    vec_t_given = [vec_tangents[i] for i in vec_idx]
+    value_leaves = list(out[:n_value])
+
+    def member(primal_leaves, op_t_given, vec_t_given, value_leaves):
+        operator, state, vector, options, solver = static.combine(primal_leaves)
+        x = jax.tree_util.tree_unflatten(treedef.children()[0], value_leaves)
+        op_t = None
+        if op_idx:
+            op_primal_leaves = primal_leaves[s_op]
+            full = [None] * len(op_primal_leaves)
+            for i, t in zip(op_idx, op_t_given):
+                full[i] = t
+            full = [
+                t if t is not None else (
+                    _zero_tangent_like(p) if jnp.issubdtype(jnp.result_type(p), jnp.inexact) else None
+                )
+                for p, t in zip(op_primal_leaves, full)
+            ]
+            op_dynamic = eqx.filter(operator, eqx.is_array)
+            op_t = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(op_dynamic), full)
+            # Integer leaves (e.g. sparse indices) carry no tangent.
+            op_t = jax.tree_util.tree_map(
+                lambda p, t: t if (t is not None and eqx.is_inexact_array(p)) else None,
+                op_dynamic,
+                op_t,
+                is_leaf=_is_leaf_none,
+            )
+        vec_t = None
+        if vec_idx:
+            vec_primal = primal_leaves[s_vec]
+            full = [_zero_tangent_like(p) for p in vec_primal]
+            for i, t in zip(vec_idx, vec_t_given):
+                full[i] = t
+            vec_t = jax.tree_util.tree_unflatten(
+                jax.tree_util.tree_structure(vector), full
+            )
+        tangent = _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw)
+        return jax.tree_util.tree_leaves(tangent)
+
+    f = member
+    for axes in batch:
+        op_axes = [axes[s_op][i] for i in op_idx]
+        vec_axes = [axes[s_vec][i] for i in vec_idx]
+        f = jax.vmap(f, in_axes=(list(axes), op_axes, vec_axes, [0] * n_value), out_axes=0)
+    value_tangents = f(list(primals), op_t_given, vec_t_given, value_leaves)
+    value_tangents = [
+        t.astype(a.dtype) if t.dtype != a.dtype else t
+        for t, a in zip(value_tangents, out_avals[:n_value])
+    ]
+    return out, list(value_tangents) + zeros_out[n_value:]
+
+
+ad.primitive_jvps[linear_solve_p] = _jvp
+
+
+# ---------------------------------------------------------------------------------------------
+# Transpose: reverse mode
+
+
+def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool):
+    s_op, s_state, s_vec, s_opt, s_solver = static.slices()
+    for i, p in enumerate(primals):
+        if ad.is_undefined_primal(p) and not (s_vec.start <= i < s_vec.stop):
+            raise NotImplementedError(
+                "linopx: a linear solve is linear in its right-hand side only; this transpose "
+                "was asked for with respect to the operator or the solver state. Please report "
+                "this as a bug."
+            )
+    vec_avals = [p.aval for p in primals[s_vec]]
+    avals = tuple(
+        p.aval if ad.is_undefined_primal(p) else jax.core.ShapedArray(jnp.shape(p), jnp.result_type(p))
+        for p in primals
+    )
+    treedef, out_avals = _out_info(static, avals, batch)
+    n_value = treedef.children()[0].num_leaves
+    value_cts = [
+        jnp.zeros(a.shape, a.dtype) if type(ct) is ad.Zero else ct
+        for ct, a in zip(cts[:n_value], out_avals[:n_value])
+    ]
+    if all(type(ct) is ad.Zero for ct in cts[:n_value]):
+        return [None] * len(primals[: s_vec.start]) + [
+            ad.Zero(a) for a in vec_avals
+        ] + [None] * (len(primals) - s_vec.stop)
+
+    const_idx = [i for i, p in enumerate(primals) if not ad.is_undefined_primal(p)]
+    const_leaves = [primals[i] for i in const_idx]
+
+    def member(const_leaves, value_cts):
+        leaves = [None] * len(primals)
+        for i, c in zip(const_idx, const_leaves):
+            leaves[i] = c
+        # The vector's leaves are undefined here; they are not needed for the transposed solve.
+        for i in range(s_vec.start, s_vec.stop):
+            leaves[i] = jnp.zeros(1)
+        operator, state, _, options, solver = static.combine(leaves)
+        ct_value = jax.tree_util.tree_unflatten(treedef.children()[0], value_cts)
+        state_t, options_t = solver.transpose(state, options)
+        ct_vector = _solve_value(operator.transpose(), state_t, ct_value, options_t, solver, throw)
+        return jax.tree_util.tree_leaves(ct_vector)
+
+    f = member
+    for axes in batch:
+        f = jax.vmap(f, in_axes=([axes[i] for i in const_idx], [0] * n_value), out_axes=0)
+    ct_vec = f(const_leaves, value_cts)
+    ct_vec = [
+        c.astype(a.dtype) if c.dtype != a.dtype else c for c, a in zip(ct_vec, vec_avals)
+    ]
+    return [None] * s_vec.start + list(ct_vec) + [None] * (len(primals) - s_vec.stop)
+
+
+ad.primitive_transposes[linear_solve_p] = _transpose
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+
+def _batch(args, dims, *, static: _Static, batch: tuple, throw: bool):
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    s_vec = static.slices()[2]
+    new_args, axes = [], []
+    for i, (a, d) in enumerate(zip(args, dims)):
+        if d is None:
+            if s_vec.start <= i < s_vec.stop:
+                # Keep the right-hand side batched whenever anything is, so that reverse mode
+                # (whose cotangents are batched) has matching shapes. Cheap: a vector, not a matrix.
+                a = jnp.broadcast_to(a, (size,) + tuple(jnp.shape(a)))
+                axes.append(0)
+            else:
+                axes.append(None)
+        else:
+            a = jnp.moveaxis(a, d, 0) if d != 0 else a
+            axes.append(0)
+        new_args.append(a)
+    out = linear_solve_p.bind(*new_args, static=static, batch=batch + (tuple(axes),), throw=throw)
+    return out, [0] * len(out)
+
+
+batching.primitive_batchers[linear_solve_p] = _batch
+
+__all__ = ["bind_solve", "linear_solve_p"]

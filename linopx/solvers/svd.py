@@ -1,0 +1,65 @@
+"""`SVD`: the pseudoinverse by singular value decomposition."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._solution import RESULTS
+from ._misc import rhs, solution_structure, structures, swap, unflat
+from .base import AbstractLinearSolver
+
+
+class _SVDState(eqx.Module):
+    u: jax.Array
+    s: jax.Array
+    vh: jax.Array
+    structs: tuple = eqx.field(static=True)
+
+
+class SVD(AbstractLinearSolver):
+    """The pseudoinverse solution `A⁺ b` through the thin SVD `A = U S Vᴴ`, for operators of any
+    shape and rank. The most robust and the slowest dense solver; `PivotedQR` is usually as accurate
+    and faster.
+
+    **Arguments:**
+
+    - `rcond`: singular values `<= rcond * max(s)` are treated as zero. Default: machine epsilon
+      times `max(m, n)` (NumPy's `lstsq` default).
+    """
+
+    rcond: float | None = None
+
+    def __check_init__(self):
+        if self.rcond is not None and not self.rcond >= 0:
+            raise ValueError(f"SVD: `rcond` must be non-negative, got {self.rcond}.")
+
+    def init(self, operator, options):
+        matrix = operator.as_matrix()
+        u, s, vh = jnp.linalg.svd(matrix, full_matrices=False)
+        return _SVDState(u, s, vh, structures(operator))
+
+    def compute(self, state: _SVDState, vector, options):
+        b = rhs(vector, state.u.dtype)
+        u, vh = state.u.astype(b.dtype), state.vh.astype(b.dtype)
+        s = state.s
+        m, n = u.shape[0], vh.shape[1]
+        rcond = self.rcond if self.rcond is not None else jnp.finfo(s.dtype).eps * max(m, n)
+        big = s > rcond * jnp.max(s, initial=0.0)
+        s_inv = jnp.where(big, 1 / jnp.where(big, s, 1), 0).astype(b.dtype)
+        x = jnp.conj(vh).T @ (s_inv * (jnp.conj(u).T @ b))
+        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+
+    def transpose(self, state: _SVDState, options):
+        # Aᵀ = vhᵀ S uᵀ.
+        return _SVDState(state.vh.T, state.s, state.u.T, swap(state.structs)), options
+
+    def conj(self, state: _SVDState, options):
+        return _SVDState(jnp.conj(state.u), state.s, jnp.conj(state.vh), state.structs), options
+
+    def allow_dependent_rows(self, operator):
+        return True
+
+    def allow_dependent_columns(self, operator):
+        return True

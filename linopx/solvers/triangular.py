@@ -1,0 +1,71 @@
+"""`Triangular`: for lower- or upper-triangular operators."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.lax.linalg import triangular_solve
+
+from .._solution import RESULTS
+from ..linops.functions import has_unit_diagonal, is_lower_triangular, is_upper_triangular
+from ._misc import check_square, rhs, solution_structure, structures, swap, unflat
+from .base import AbstractLinearSolver
+
+
+class _TriangularState(eqx.Module):
+    matrix: jax.Array
+    lower: bool = eqx.field(static=True)
+    unit_diagonal: bool = eqx.field(static=True)
+    transposed: bool = eqx.field(static=True)
+    structs: tuple = eqx.field(static=True)
+
+
+class Triangular(AbstractLinearSolver):
+    """Forward or back substitution (LAPACK `trsm`), O(n²), for operators tagged
+    `lx.lower_triangular_tag` or `lx.upper_triangular_tag` (with `lx.unit_diagonal_tag` the diagonal is
+    not read). A zero on the diagonal gives `RESULTS.singular`."""
+
+    def init(self, operator, options):
+        check_square(operator, "Triangular")
+        if is_lower_triangular(operator):
+            lower = True
+        elif is_upper_triangular(operator):
+            lower = False
+        else:
+            raise ValueError(
+                "Triangular needs an operator tagged `lx.lower_triangular_tag` or "
+                "`lx.upper_triangular_tag`."
+            )
+        return _TriangularState(
+            operator.as_matrix(), lower, has_unit_diagonal(operator), False, structures(operator)
+        )
+
+    def compute(self, state: _TriangularState, vector, options):
+        b = rhs(vector, state.matrix.dtype)
+        x = triangular_solve(
+            state.matrix.astype(b.dtype),
+            b[:, None],
+            left_side=True,
+            lower=state.lower,
+            transpose_a=state.transposed,
+            unit_diagonal=state.unit_diagonal,
+        )[:, 0]
+        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+
+    def transpose(self, state: _TriangularState, options):
+        return (
+            _TriangularState(
+                state.matrix, state.lower, state.unit_diagonal, not state.transposed, swap(state.structs)
+            ),
+            options,
+        )
+
+    def conj(self, state: _TriangularState, options):
+        return eqx.tree_at(lambda s: s.matrix, state, jnp.conj(state.matrix)), options
+
+    def allow_dependent_rows(self, operator):
+        return False
+
+    def allow_dependent_columns(self, operator):
+        return False
