@@ -82,7 +82,10 @@ class _Static:
         )
 
     def combine(self, dynamic_leaves):
-        dynamic = jax.tree_util.tree_unflatten(self.dynamic_treedef, list(dynamic_leaves))
+        # Primal values may arrive as JAX literals rather than arrays: make them arrays again so
+        # that `eqx.is_array`-based filtering sees the same leaves as at bind time.
+        dynamic_leaves = [jnp.asarray(x) for x in dynamic_leaves]
+        dynamic = jax.tree_util.tree_unflatten(self.dynamic_treedef, dynamic_leaves)
         static = jax.tree_util.tree_unflatten(self.static_treedef, list(self.leaves))
         return eqx.combine(dynamic, static)
 
@@ -303,6 +306,7 @@ def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool):
     value_leaves = list(out[:n_value])
 
     def member(primal_leaves, op_t_given, vec_t_given, value_leaves):
+        primal_leaves = [jnp.asarray(x) for x in primal_leaves]
         operator, state, vector, options, solver = static.combine(primal_leaves)
         x = jax.tree_util.tree_unflatten(treedef.children()[0], value_leaves)
         op_t = None
@@ -317,8 +321,9 @@ def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool):
                 )
                 for p, t in zip(op_primal_leaves, full)
             ]
-            op_dynamic = eqx.filter(operator, eqx.is_array)
-            op_t = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(op_dynamic), full)
+            op_treedef = static.dynamic_treedef.children()[0]
+            op_dynamic = jax.tree_util.tree_unflatten(op_treedef, op_primal_leaves)
+            op_t = jax.tree_util.tree_unflatten(op_treedef, full)
             # Integer leaves (e.g. sparse indices) carry no tangent.
             op_t = jax.tree_util.tree_map(
                 lambda p, t: t if (t is not None and eqx.is_inexact_array(p)) else None,
