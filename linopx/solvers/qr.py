@@ -1,12 +1,16 @@
-"""`QR` (least squares / minimum norm for full-rank operators) and `PivotedQR` (any rank)."""
+"""`QR` (least squares / minimum norm for full-rank operators) and `PivotedQR` (any rank).
+
+Both keep Q in LAPACK's compact Householder form and apply it with `ormqr`, never forming it.
+"""
 
 from __future__ import annotations
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.lax.linalg import qr as lax_qr, triangular_solve
+from jax.lax.linalg import ormqr, triangular_solve
 
+from .._compat import geqp3, geqrf
 from .._solution import RESULTS
 from ._misc import rhs, solution_structure, structures, swap, unflat
 from .base import AbstractLinearSolver
@@ -16,10 +20,24 @@ def _h(x: jax.Array) -> jax.Array:
     return jnp.conj(x).T
 
 
+def _pad(x: jax.Array, n: int) -> jax.Array:
+    return jnp.concatenate([x, jnp.zeros(n - x.shape[0], x.dtype)]) if n > x.shape[0] else x
+
+
+def _apply_q(h, taus, v, adjoint: bool) -> jax.Array:
+    """`Q v` or `Qᴴ v` for the full square Q of the compact factorization `(h, taus)`."""
+    return ormqr(h, taus, v[:, None], left=True, transpose=adjoint)[:, 0]
+
+
+def _apply_q_conj(h, taus, v, adjoint: bool) -> jax.Array:
+    """`conj(Q) v` or `Qᵀ v`."""
+    return jnp.conj(_apply_q(h, taus, jnp.conj(v), adjoint))
+
+
 class _QRState(eqx.Module):
-    q: jax.Array
-    r: jax.Array
-    # "ls": the operator is q r (tall or square: least squares); "mn": it is (q r)ᴴ (wide: minimum norm).
+    h: jax.Array
+    taus: jax.Array
+    # "ls": the operator is Q R (tall or square: least squares); "mn": it is (Q R)ᴴ (wide: minimum norm).
     mode: str = eqx.field(static=True)
     structs: tuple = eqx.field(static=True)
 
@@ -38,34 +56,37 @@ class QR(AbstractLinearSolver):
         matrix = operator.as_matrix()
         m, n = matrix.shape
         if m >= n:
-            q, r = lax_qr(matrix, full_matrices=False)
+            h, taus = geqrf(matrix)
             mode = "ls"
         else:
-            q, r = lax_qr(_h(matrix), full_matrices=False)
+            h, taus = geqrf(_h(matrix))
             mode = "mn"
-        return _QRState(q, r, mode, structures(operator))
+        return _QRState(h, taus, mode, structures(operator))
 
     def compute(self, state: _QRState, vector, options):
-        b = rhs(vector, state.q.dtype)
-        q, r = state.q.astype(b.dtype), state.r.astype(b.dtype)
+        b = rhs(vector, state.h.dtype)
+        h, taus = state.h.astype(b.dtype), state.taus.astype(b.dtype)
+        p, q = h.shape  # the factored matrix is p x q with p >= q
+        r = h[:q, :q]  # triangular_solve reads only the upper triangle
         if state.mode == "ls":
-            # A = q r: x = r⁻¹ qᴴ b.
-            x = triangular_solve(r, (_h(q) @ b)[:, None], left_side=True, lower=False)[:, 0]
+            # A = Q R: x = R⁻¹ (Qᴴ b)[:q].
+            c = _apply_q(h, taus, b, adjoint=True)[:q]
+            x = triangular_solve(r, c[:, None], left_side=True, lower=False)[:, 0]
         else:
-            # A = rᴴ qᴴ: x = q r⁻ᴴ b.
+            # A = Rᴴ Qᴴ: x = Q [R⁻ᴴ b; 0].
             y = triangular_solve(
                 r, b[:, None], left_side=True, lower=False, transpose_a=True, conjugate_a=True
             )[:, 0]
-            x = q @ y
+            x = _apply_q(h, taus, _pad(y, p), adjoint=False)
         return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
 
     def transpose(self, state: _QRState, options):
-        # (q r)ᵀ = (q̄ r̄)ᴴ and ((q r)ᴴ)ᵀ = q̄ r̄: conjugate the factors and swap the mode.
+        # (Q R)ᵀ = (Q̄ R̄)ᴴ and ((Q R)ᴴ)ᵀ = Q̄ R̄; conjugating the reflectors and taus conjugates Q.
         mode = "mn" if state.mode == "ls" else "ls"
-        return _QRState(jnp.conj(state.q), jnp.conj(state.r), mode, swap(state.structs)), options
+        return _QRState(jnp.conj(state.h), jnp.conj(state.taus), mode, swap(state.structs)), options
 
     def conj(self, state: _QRState, options):
-        return _QRState(jnp.conj(state.q), jnp.conj(state.r), state.mode, state.structs), options
+        return _QRState(jnp.conj(state.h), jnp.conj(state.taus), state.mode, state.structs), options
 
     def allow_dependent_rows(self, operator):
         return operator.out_size() > operator.in_size()
@@ -75,9 +96,11 @@ class QR(AbstractLinearSolver):
 
 
 class _PivotedQRState(eqx.Module):
-    q: jax.Array  # (m, k)
-    t: jax.Array  # (k, k) upper triangular, zero outside the leading rank x rank block
-    z: jax.Array  # (n, k)
+    h1: jax.Array  # compact A[:, perm] = Q1 R, (m, n)
+    taus1: jax.Array
+    h2: jax.Array  # compact R_rᴴ = Q2 T, (n, k)
+    taus2: jax.Array
+    t: jax.Array  # (k, k) upper triangular, identity outside the leading rank x rank block
     perm: jax.Array  # (n,)
     mask: jax.Array  # (k,) True for the first `rank` components
     transposed: bool = eqx.field(static=True)
@@ -85,11 +108,11 @@ class _PivotedQRState(eqx.Module):
 
 
 class PivotedQR(AbstractLinearSolver):
-    """Rank-revealing solve for operators of any shape and rank: column-pivoted QR (LAPACK `geqp3`)
-    followed by a second QR that completes an orthogonal decomposition `A = Q Tᴴ Zᴴ Pᵀ`
-    (as LAPACK's `gelsy`). Gives the minimum-norm least-squares solution `A⁺ b`, like `SVD`, and is
-    several times faster than it. The numerical rank counts the diagonal entries of the pivoted R
-    with `|R_ii| > rcond * |R_00|`.
+    """Rank-revealing solve for operators of any shape and rank: column-pivoted QR (LAPACK `geqp3`),
+    truncated at the numerical rank, then a second QR that completes an orthogonal decomposition
+    `A = Q₁ [Tᴴ 0; 0 0] Q₂ᴴ Pᵀ` (the approach of LAPACK's `gelsy`). Gives the minimum-norm
+    least-squares solution `A⁺ b`, like `SVD`, at a fraction of its cost. The numerical rank counts
+    the diagonal entries of the pivoted R with `|R_ii| > rcond * |R_00|`.
 
     **Arguments:**
 
@@ -106,52 +129,49 @@ class PivotedQR(AbstractLinearSolver):
         matrix = operator.as_matrix()
         m, n = matrix.shape
         k = min(m, n)
-        q, r, perm = lax_qr(matrix, pivoting=True, full_matrices=False)
+        h1, perm, taus1 = geqp3(matrix)
         rcond = self.rcond if self.rcond is not None else jnp.finfo(matrix.dtype).eps * max(m, n)
-        diag = jnp.abs(jnp.diagonal(r))
-        mask = diag > rcond * diag[0] if k > 0 else jnp.zeros((0,), bool)
-        r = jnp.where(mask[:, None], r, 0)
-        # Rotate the trapezoidal [R11 R12] onto a triangle: rᴴ = z t.
-        z, t = lax_qr(_h(r), full_matrices=False)
-        return _PivotedQRState(q, t, z, perm, mask, False, structures(operator))
+        diag = jnp.abs(jnp.diagonal(h1))
+        mask = diag > rcond * diag[0]
+        r = jnp.where(mask[:, None], jnp.triu(h1[:k]), 0)
+        # Rotate the trapezoid [R11 R12] onto a triangle: rᴴ = Q2 [T; 0].
+        h2, taus2 = geqrf(_h(r))
+        keep = mask[:, None] & mask[None, :]
+        t = jnp.where(keep, jnp.triu(h2[:k, :k]), jnp.eye(k, dtype=h2.dtype))
+        return _PivotedQRState(h1, taus1, h2, taus2, t, perm, mask, False, structures(operator))
 
     def compute(self, state: _PivotedQRState, vector, options):
-        b = rhs(vector, state.q.dtype)
+        b = rhs(vector, state.h1.dtype)
         dtype = b.dtype
-        q, t, z = state.q.astype(dtype), state.t.astype(dtype), state.z.astype(dtype)
-        mask = state.mask
+        h1, taus1 = state.h1.astype(dtype), state.taus1.astype(dtype)
+        h2, taus2 = state.h2.astype(dtype), state.taus2.astype(dtype)
+        t, mask = state.t.astype(dtype), state.mask
+        m, n = h1.shape
         k = mask.shape[0]
-        keep = mask[:, None] & mask[None, :]
-        t_masked = jnp.where(keep, t, jnp.eye(k, dtype=dtype))
         if not state.transposed:
-            # A⁺ b = P z (tᴴ)⁺ qᴴ b
-            c = jnp.where(mask, _h(q) @ b, 0)
+            # A⁺ b = P Q2 [T⁻ᴴ (Q1ᴴ b)[:k]; 0] on the rank-r block.
+            c = jnp.where(mask, _apply_q(h1, taus1, b, adjoint=True)[:k], 0)
             w = triangular_solve(
-                t_masked, c[:, None], left_side=True, lower=False, transpose_a=True, conjugate_a=True
+                t, c[:, None], left_side=True, lower=False, transpose_a=True, conjugate_a=True
             )[:, 0]
-            y = z @ w
+            y = _apply_q(h2, taus2, _pad(w, n), adjoint=False)
             x = jnp.zeros_like(y).at[state.perm].set(y)
         else:
-            # (Aᵀ)⁺ b = q̄ t̄⁺ zᵀ Pᵀ b
-            c = jnp.where(mask, z.T @ b[state.perm], 0)
-            w = triangular_solve(jnp.conj(t_masked), c[:, None], left_side=True, lower=False)[:, 0]
-            x = jnp.conj(q) @ w
+            # Aᵀ = P Q̄2 [T̄ 0; 0 0] Q1ᵀ, so (Aᵀ)⁺ b = Q̄1 [T̄⁻¹ (Q2ᵀ Pᵀ b)[:k]; 0].
+            c = jnp.where(mask, _apply_q_conj(h2, taus2, b[state.perm], adjoint=True)[:k], 0)
+            w = triangular_solve(jnp.conj(t), c[:, None], left_side=True, lower=False)[:, 0]
+            x = _apply_q_conj(h1, taus1, _pad(w, m), adjoint=False)
         return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
 
     def transpose(self, state: _PivotedQRState, options):
-        return (
-            _PivotedQRState(
-                state.q, state.t, state.z, state.perm, state.mask, not state.transposed,
-                swap(state.structs),
-            ),
-            options,
-        )
+        return _flip(state), options
 
     def conj(self, state: _PivotedQRState, options):
+        conj = jnp.conj
         return (
             _PivotedQRState(
-                jnp.conj(state.q), jnp.conj(state.t), jnp.conj(state.z), state.perm, state.mask,
-                state.transposed, state.structs,
+                conj(state.h1), conj(state.taus1), conj(state.h2), conj(state.taus2), conj(state.t),
+                state.perm, state.mask, state.transposed, state.structs,
             ),
             options,
         )
@@ -161,3 +181,10 @@ class PivotedQR(AbstractLinearSolver):
 
     def allow_dependent_columns(self, operator):
         return True
+
+
+def _flip(state: _PivotedQRState) -> _PivotedQRState:
+    return _PivotedQRState(
+        state.h1, state.taus1, state.h2, state.taus2, state.t, state.perm, state.mask,
+        not state.transposed, swap(state.structs),
+    )

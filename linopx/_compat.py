@@ -1,0 +1,27 @@
+"""The one place where linopx reaches into JAX internals.
+
+JAX exposes `ormqr` (apply the Q of a QR factorization without forming it) publicly, but the
+factorizations that produce its input, `geqrf` and the column-pivoted `geqp3`, only as the internal
+primitives behind `jax.lax.linalg.qr`. Using them directly lets `QR` and `PivotedQR` skip forming Q
+(LAPACK `orgqr`), which is about half the cost of a tall QR. If a JAX upgrade moves them, only this
+file needs to change.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax._src.lax.linalg import geqp3 as _geqp3, geqrf as _geqrf
+
+
+def geqrf(a: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Householder QR in LAPACK's compact form: `(reflectors with R in the upper triangle, taus)`."""
+    return _geqrf(a)
+
+
+def geqp3(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Column-pivoted Householder QR: `(reflectors/R, 0-based column permutation, taus)`, so that
+    `a[:, perm] = Q R`."""
+    jpvt = jnp.zeros(a.shape[-1:], jnp.int32)
+    r, perm, taus = _geqp3(a, jpvt)
+    return r, perm - 1, taus
