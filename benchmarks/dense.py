@@ -1,0 +1,175 @@
+"""Dense benchmarks: linopx against `jnp.linalg` and Lineax, side by side in one run.
+
+    python benchmarks/dense.py           # full run
+    python benchmarks/dense.py --quick   # small sizes, a smoke test
+
+Each figure is the median of interleaved repetitions after warm-up, of jitted functions on this
+machine's CPU; ratios are linopx / alternative (below 1 means linopx is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import linopx as lx  # noqa: E402
+from benchmarks._timing import compile_time, fmt_time, interleaved, print_table  # noqa: E402
+
+try:
+    import lineax
+except ImportError:  # benchmark-only dependency
+    lineax = None
+
+
+def _row(case, times, base="linopx"):
+    row = {"case": case}
+    for k, v in times.items():
+        row[k] = fmt_time(v)
+    for k, v in times.items():
+        if k != base:
+            row[f"{base}/{k}"] = f"{times[base] / v:.2f}"
+    return row
+
+
+def square_cases(rng, sizes, repeats):
+    rows = []
+    for n in sizes:
+        a = jnp.asarray(rng.normal(size=(n, n)) + n**0.5 * np.eye(n))
+        b = jnp.asarray(rng.normal(size=n))
+        fwd = {
+            "linopx": jax.jit(lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value),
+            "jnp": jax.jit(jnp.linalg.solve),
+        }
+        loss = {
+            "linopx": lambda a, b: jnp.sum(lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value ** 2),
+            "jnp": lambda a, b: jnp.sum(jnp.linalg.solve(a, b) ** 2),
+        }
+        if lineax is not None:
+            fwd["lineax"] = jax.jit(lambda a, b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value)
+            loss["lineax"] = lambda a, b: jnp.sum(
+                lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value ** 2
+            )
+        grad = {k: jax.jit(jax.grad(f, argnums=(0, 1))) for k, f in loss.items()}
+        rows.append(_row(f"LU solve n={n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats)))
+        rows.append(_row(f"LU grad n={n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats)))
+    return rows
+
+
+def multi_rhs_case(rng, n, k, repeats):
+    a = jnp.asarray(rng.normal(size=(n, n)) + n**0.5 * np.eye(n))
+    B = jnp.asarray(rng.normal(size=(n, k)))
+    fns = {
+        "linopx": jax.jit(
+            lambda a, B: jax.vmap(lambda b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value, 1, 1)(B)
+        ),
+        "jnp": jax.jit(jnp.linalg.solve),
+    }
+    if lineax is not None:
+        fns["lineax"] = jax.jit(
+            lambda a, B: jax.vmap(lambda b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value, 1, 1)(B)
+        )
+    ref = np.linalg.solve(np.asarray(a), np.asarray(B))
+    for name, f in fns.items():
+        err = np.abs(np.asarray(f(a, B)) - ref).max()
+        assert err < 1e-8, (name, err)
+    return [_row(f"{k} RHS by vmap n={n}", interleaved({k2: (lambda f=f: f(a, B)) for k2, f in fns.items()}, repeats))]
+
+
+def compile_case(rng, n, repeats):
+    a = jnp.asarray(rng.normal(size=(n, n)) + n**0.5 * np.eye(n))
+    b = jnp.asarray(rng.normal(size=n))
+    makers = {
+        "linopx": lambda: (lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value),
+        "jnp": lambda: (lambda a, b: jnp.linalg.solve(a, b)),
+    }
+    if lineax is not None:
+        makers["lineax"] = lambda: (
+            lambda a, b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value
+        )
+    times = {k: compile_time(m, (a, b), repeats) for k, m in makers.items()}
+    return [_row(f"compile LU n={n}", times)]
+
+
+def least_squares_cases(rng, m, n, rank, repeats):
+    rows = []
+    a = jnp.asarray(rng.normal(size=(m, n)))
+    b = jnp.asarray(rng.normal(size=m))
+    fwd = {
+        "linopx": jax.jit(lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b).value),
+        "jnp": jax.jit(lambda a, b: jnp.linalg.lstsq(a, b)[0]),
+    }
+    loss = {"linopx": lambda a, b: jnp.sum(lx.linear_solve(lx.MatrixLinearOperator(a), b).value ** 2)}
+    if lineax is not None:
+        fwd["lineax"] = jax.jit(
+            lambda a, b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.AutoLinearSolver(well_posed=None)).value
+        )
+        loss["lineax"] = lambda a, b: jnp.sum(
+            lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.AutoLinearSolver(well_posed=None)).value ** 2
+        )
+    ref = np.linalg.lstsq(np.asarray(a), np.asarray(b), rcond=None)[0]
+    assert np.abs(np.asarray(fwd["linopx"](a, b)) - ref).max() < 1e-10
+    grad = {k: jax.jit(jax.grad(f, argnums=(0, 1))) for k, f in loss.items()}
+    rows.append(_row(f"lstsq {m}x{n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats)))
+    rows.append(_row(f"lstsq grad {m}x{n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats)))
+
+    # Rank-deficient: well_posed=False.
+    d = jnp.asarray(rng.normal(size=(m, rank)) @ rng.normal(size=(rank, n)))
+    fwd = {
+        "linopx": jax.jit(
+            lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.AutoLinearSolver(well_posed=False)).value
+        ),
+        "jnp": jax.jit(lambda a, b: jnp.linalg.lstsq(a, b)[0]),
+    }
+    if lineax is not None:
+        fwd["lineax"] = jax.jit(
+            lambda a, b: lineax.linear_solve(
+                lineax.MatrixLinearOperator(a), b, lineax.AutoLinearSolver(well_posed=False)
+            ).value
+        )
+    ref = np.linalg.lstsq(np.asarray(d), np.asarray(b), rcond=None)[0]
+    err = np.abs(np.asarray(fwd["linopx"](d, b)) - ref).max() / np.abs(ref).max()
+    assert err < 1e-8, err
+    row = _row(
+        f"rank-deficient {m}x{n} rank {rank}",
+        interleaved({k: (lambda f=f: f(d, b)) for k, f in fwd.items()}, repeats),
+    )
+    row["rel. diff vs numpy"] = f"{err:.1e}"
+    rows.append(row)
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    rng = np.random.default_rng(0)
+    repeats = 5 if quick else 30
+    rows = []
+    rows += square_cases(rng, [50] if quick else [100, 1000], repeats)
+    rows += multi_rhs_case(rng, 100 if quick else 500, 100, repeats)
+    rows += compile_case(rng, 50, 3 if quick else 7)
+    rows += least_squares_cases(rng, 400, 100, 80, repeats)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
+    args = parser.parse_args()
+    if lineax is None:
+        print("note: lineax is not installed; its columns are skipped (pip install lineax)")
+    rows = run(args.quick)
+    columns = ["case", "linopx", "jnp", "lineax", "linopx/jnp", "linopx/lineax", "rel. diff vs numpy"]
+    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64")
+    print_table(rows, columns)
+
+
+if __name__ == "__main__":
+    main()
