@@ -170,3 +170,38 @@ def invert(
     options = _check_options(options)
     state = solver.init(_stop_gradient(operator), _stop_gradient(options))
     return _InverseLinearOperator(operator, solver, state, options)
+
+
+def _register_inverse() -> None:
+    """Teach the operator functions about `_InverseLinearOperator`: the inverse of a symmetric,
+    definite, diagonal or triangular operator has the same property."""
+    from .linops import functions as F
+
+    for pred in (
+        F.is_symmetric,
+        F.is_diagonal,
+        F.is_lower_triangular,
+        F.is_upper_triangular,
+        F.is_positive_semidefinite,
+        F.is_negative_semidefinite,
+    ):
+        pred.register(_InverseLinearOperator)(lambda op, p=pred: p(op.operator))
+    F.is_tridiagonal.register(_InverseLinearOperator)(lambda op: F.is_diagonal(op.operator))
+    F.has_unit_diagonal.register(_InverseLinearOperator)(
+        lambda op: F.has_unit_diagonal(op.operator)
+        and (F.is_lower_triangular(op.operator) or F.is_upper_triangular(op.operator))
+    )
+    F.materialise.register(_InverseLinearOperator)(lambda op: op)
+    F.linearise.register(_InverseLinearOperator)(lambda op: op)
+    F.diagonal.register(_InverseLinearOperator)(F._probe_diagonal)
+    F.tridiagonal.register(_InverseLinearOperator)(
+        lambda op: F._tridiagonal_from_matrix(op.as_matrix())
+    )
+
+    @F.conj.register(_InverseLinearOperator)
+    def _(op):
+        state, options = op.solver.conj(op.state, op.options)
+        return _InverseLinearOperator(F.conj(op.operator), op.solver, state, options)
+
+
+_register_inverse()
