@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import PyTree
 
 from . import _tree
-from ._solution import Solution
+from ._solution import RESULTS, Solution
 from .autodiff.primitive import bind_solve
 from .linops.base import AbstractLinearOperator
 from .solvers.auto import AutoLinearSolver
@@ -118,7 +118,9 @@ def linear_solve(
         state = solver.init(_stop_gradient(operator), options)
     else:
         state = _stop_gradient(state)
-    value, result, stats = bind_solve(operator, state, vector, options, solver, throw)
+    value, result, stats = bind_solve(operator, state, vector, options, solver, throw, check=False)
+    if throw:
+        value = result.error_if(value, result != RESULTS.successful)
     return Solution(value=value, result=result, stats=stats, state=state)
 
 

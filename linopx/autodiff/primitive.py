@@ -115,7 +115,7 @@ def _split(operator, state, vector, options, solver) -> tuple[list, _Static]:
 # Evaluation
 
 
-def _compute_unbatched(leaves, static: _Static, throw: bool = False):
+def _compute_unbatched(leaves, static: _Static, check: bool = False):
     operator, state, vector, options, solver = static.combine(leaves)
     value, result, stats = solver.compute(state, vector, options)
     # A non-finite solution from finite inputs means the system is (numerically) singular; non-finite
@@ -130,9 +130,9 @@ def _compute_unbatched(leaves, static: _Static, throw: bool = False):
         ),
         RESULTS.nonfinite_input,
     )
-    if throw:
-        # Raised from inside the primitive, so that it applies equally to the solves that
-        # derivatives make, and never has to be differentiated or transposed itself.
+    if check:
+        # Raised from inside the primitive for the solves that derivatives make, so that the check
+        # never has to be differentiated or transposed itself.
         value = result.error_if(value, result != RESULTS.successful)
     return value, result, stats
 
@@ -142,9 +142,9 @@ def _flat_outputs(value, result, stats):
     return [jnp.asarray(x) for x in jax.tree_util.tree_leaves((value, result, stats))]
 
 
-def _impl(*leaves, static: _Static, batch: tuple, throw: bool):
+def _impl(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
     def f(leaves):
-        return _flat_outputs(*_compute_unbatched(leaves, static, throw))
+        return _flat_outputs(*_compute_unbatched(leaves, static, check))
 
     for axes in batch:
         f = jax.vmap(f, in_axes=(list(axes),), out_axes=0)
@@ -191,7 +191,7 @@ def _out_info(static: _Static, avals: tuple, batch: tuple):
     return out
 
 
-def _abstract_eval(*avals, static, batch, throw):
+def _abstract_eval(*avals, static, batch, throw, check):
     return _out_info(static, tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in avals), batch)[1]
 
 
@@ -202,13 +202,19 @@ linear_solve_p.def_abstract_eval(_abstract_eval)
 mlir.register_lowering(linear_solve_p, mlir.lower_fun(_impl, multiple_results=True))
 
 
-def bind_solve(operator, state, vector, options, solver, throw: bool):
-    """Solve through the primitive. Returns `(value, result, stats)`. With `throw`, a failed solve
-    raises at run time (an `equinox` runtime error carrying the `RESULTS` message)."""
+def bind_solve(operator, state, vector, options, solver, throw: bool, check: bool | None = None):
+    """Solve through the primitive. Returns `(value, result, stats)`.
+
+    `throw` says whether the solves that derivatives make raise on failure; `check` (default:
+    `throw`) whether this solve raises itself, at run time, with the `RESULTS` message.
+    `linear_solve` checks its own result outside the primitive (cheaper to compile) and passes
+    `check=False`."""
+    if check is None:
+        check = throw
     leaves, static = _split(operator, state, vector, options, solver)
     avals = tuple(jax.core.ShapedArray(jnp.shape(x), jnp.result_type(x)) for x in leaves)
     treedef, _ = _out_info(static, avals, ())
-    out = linear_solve_p.bind(*leaves, static=static, batch=(), throw=throw)
+    out = linear_solve_p.bind(*leaves, static=static, batch=(), throw=throw, check=check)
     value, result, stats = jax.tree_util.tree_unflatten(treedef, out)
     return value, result, stats
 
@@ -284,8 +290,8 @@ def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
     return out
 
 
-def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool):
-    out = linear_solve_p.bind(*primals, static=static, batch=batch, throw=throw)
+def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool, check: bool):
+    out = linear_solve_p.bind(*primals, static=static, batch=batch, throw=throw, check=check)
     s_op, _, s_vec, _, _ = static.slices()
     op_tangents = tangents[s_op]
     vec_tangents = tangents[s_vec]
@@ -363,7 +369,7 @@ ad.primitive_jvps[linear_solve_p] = _jvp
 # Transpose: reverse mode
 
 
-def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool):
+def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool, check: bool):
     s_op, s_state, s_vec, s_opt, s_solver = static.slices()
     for i, p in enumerate(primals):
         if ad.is_undefined_primal(p) and not (s_vec.start <= i < s_vec.stop):
@@ -421,7 +427,7 @@ ad.primitive_transposes[linear_solve_p] = _transpose
 # Batching
 
 
-def _batch(args, dims, *, static: _Static, batch: tuple, throw: bool):
+def _batch(args, dims, *, static: _Static, batch: tuple, throw: bool, check: bool):
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     s_vec = static.slices()[2]
     new_args, axes = [], []
@@ -438,7 +444,9 @@ def _batch(args, dims, *, static: _Static, batch: tuple, throw: bool):
             a = jnp.moveaxis(a, d, 0) if d != 0 else a
             axes.append(0)
         new_args.append(a)
-    out = linear_solve_p.bind(*new_args, static=static, batch=batch + (tuple(axes),), throw=throw)
+    out = linear_solve_p.bind(
+        *new_args, static=static, batch=batch + (tuple(axes),), throw=throw, check=check
+    )
     return out, [0] * len(out)
 
 
