@@ -35,11 +35,21 @@ def structure_size(structure: Any) -> int:
     return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(structure))
 
 
+def common_dtype(*dtypes: Any):
+    """The dtype that all of `dtypes` (dtypes or arrays) promote to under JAX's standard rules.
+
+    Used where linopx itself converts explicitly (`astype`) to one dtype, e.g. to flatten a pytree
+    with float32 and float64 leaves: that is not the implicit promotion that
+    `jax_numpy_dtype_promotion="strict"` forbids, so it must not depend on that setting."""
+    with jax.numpy_dtype_promotion("standard"):
+        return jnp.result_type(*dtypes)
+
+
 def structure_dtype(structure: Any):
     leaves = jax.tree_util.tree_leaves(structure)
     if not leaves:
         return jnp.result_type(float)
-    return jnp.result_type(*[leaf.dtype for leaf in leaves])
+    return common_dtype(*[leaf.dtype for leaf in leaves])
 
 
 def same_shapes(a: Any, b: Any) -> bool:
@@ -61,7 +71,7 @@ def ravel(tree: Any, dtype=None) -> jax.Array:
     """Concatenate the leaves of `tree` into one flat vector (promoting to a common dtype)."""
     leaves = jax.tree_util.tree_leaves(tree)
     if dtype is None:
-        dtype = jnp.result_type(*leaves) if leaves else jnp.result_type(float)
+        dtype = common_dtype(*leaves) if leaves else jnp.result_type(float)
     if len(leaves) == 1:
         return jnp.reshape(leaves[0], (-1,)).astype(dtype)
     return jnp.concatenate([jnp.reshape(x, (-1,)).astype(dtype) for x in leaves])
@@ -77,7 +87,13 @@ def unravel(flat: jax.Array, structure: Any) -> Any:
         size = math.prod(leaf.shape)
         piece = flat[start : start + size].reshape(leaf.shape)
         start += size
-        out.append(piece.astype(jnp.promote_types(leaf.dtype, piece.dtype)))
+        dtype = leaf.dtype
+        if jnp.issubdtype(piece.dtype, jnp.complexfloating) and not jnp.issubdtype(
+            dtype, jnp.complexfloating
+        ):
+            # Keep the imaginary part (a real operator applied to a complex vector).
+            dtype = common_dtype(dtype, piece.dtype)
+        out.append(piece.astype(dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
 
 

@@ -31,6 +31,11 @@ class AbstractLinearOperator(eqx.Module):
     ```
     """
 
+    # Make NumPy defer to our reflected operators (`__rmul__`, `__rmatmul__`) instead of treating an
+    # operator as an opaque object and building an object array (`np.ones(2) * A` would otherwise
+    # return an array of operators rather than raise).
+    __array_ufunc__ = None
+
     @abc.abstractmethod
     def mv(self, vector: Any) -> Any:
         """Apply the operator: return `A v`, a pytree with the structure of `out_structure()`."""
@@ -131,7 +136,10 @@ def check_scalar(value: Any, verb: str) -> Any:
                 f"Can only {verb} an operator by a scalar, got an array of shape {jnp.shape(value)}; "
                 "for elementwise scaling compose with `lx.DiagonalLinearOperator(d)`."
             )
-        return jnp.asarray(value)
+        value = jnp.asarray(value)
+        if value.dtype == jnp.bool_:
+            raise TypeError(f"Cannot {verb} an operator by a boolean.")
+        return value
     raise TypeError(f"Cannot {verb} an operator by {type(value).__name__}; pass a scalar.")
 
 

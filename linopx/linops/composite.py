@@ -6,6 +6,7 @@ until `as_matrix` is called.
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -33,19 +34,21 @@ def _promote_pair(a: Any, b: Any) -> Any:
 def _scalar_sign(scalar: Any) -> int | None:
     """+1/-1/0 for a real Python number; None when the sign is unknown at trace time."""
     if isinstance(scalar, numbers.Real):
-        return (scalar > 0) - (scalar < 0)
+        if math.isnan(scalar):  # NaN has no sign (and the `0 * A` rule must not apply to it)
+            return None
+        # `int(...)`: for NumPy scalars (also `numbers.Real`) the comparisons give `np.bool_`,
+        # which cannot be subtracted.
+        return int(scalar > 0) - int(scalar < 0)
     return None
 
 
 def _scaled_structure(structure: Any, scalar: Any) -> Any:
-    if isinstance(scalar, numbers.Number):
-        if isinstance(scalar, complex):
-            return jax.tree_util.tree_map(
-                lambda s: jax.ShapeDtypeStruct(s.shape, jnp.result_type(s.dtype, 1j)),
-                structure,
-            )
-        return structure
-    return _promote(structure, jnp.result_type(scalar))
+    """The structure of `x * scalar` for `x` of `structure`: the dtype JAX gives the product, which
+    honours weak types (Python numbers, and arrays and tracers made from them, as a Python float
+    leaf becomes under `jax.jit`) and the strong dtypes of NumPy scalars and typed arrays."""
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, jnp.result_type(s.dtype, scalar)), structure
+    )
 
 
 class TaggedLinearOperator(AbstractLinearOperator):
@@ -135,10 +138,14 @@ class MulLinearOperator(AbstractLinearOperator):
         return self.operator.as_matrix() * self.scalar
 
     def transpose(self):
-        return MulLinearOperator(self.operator.transpose(), self.scalar)
+        # `tree_at` keeps the static `sign`: under `jax.jit` a Python scalar leaf is a tracer, and
+        # rebuilding with `MulLinearOperator(...)` would forget the sign (and the tags it carries).
+        return eqx.tree_at(lambda op: op.operator, self, self.operator.transpose())
 
     def in_structure(self):
-        return _scaled_structure(self.operator.in_structure(), self.scalar)
+        # Scaling changes the output's dtype, not what the operator accepts (a real
+        # `FunctionLinearOperator` times `1j` still takes only real vectors).
+        return self.operator.in_structure()
 
     def out_structure(self):
         return _scaled_structure(self.operator.out_structure(), self.scalar)
@@ -166,10 +173,13 @@ class DivLinearOperator(AbstractLinearOperator):
         return self.operator.as_matrix() / self.scalar
 
     def transpose(self):
-        return DivLinearOperator(self.operator.transpose(), self.scalar)
+        # `tree_at` keeps the static `sign` (see `MulLinearOperator.transpose`).
+        return eqx.tree_at(lambda op: op.operator, self, self.operator.transpose())
 
     def in_structure(self):
-        return _scaled_structure(self.operator.in_structure(), self.scalar)
+        # Scaling changes the output's dtype, not what the operator accepts (a real
+        # `FunctionLinearOperator` times `1j` still takes only real vectors).
+        return self.operator.in_structure()
 
     def out_structure(self):
         return _scaled_structure(self.operator.out_structure(), self.scalar)
@@ -230,8 +240,8 @@ class ComposedLinearOperator(AbstractLinearOperator):
         return ComposedLinearOperator(self.operator2.transpose(), self.operator1.transpose())
 
     def in_structure(self):
-        dtype = _tree.structure_dtype(self.operator1.in_structure())
-        return _promote(self.operator2.in_structure(), dtype)
+        # What `operator2` accepts; `operator1`'s dtype only affects the output.
+        return self.operator2.in_structure()
 
     def out_structure(self):
         dtype = _tree.structure_dtype(self.operator2.out_structure())

@@ -10,6 +10,7 @@ import functools
 import math
 from typing import Any
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -450,13 +451,12 @@ def _rebuild(fn):
     def _(op):
         return AddLinearOperator(fn(op.operator1), fn(op.operator2))
 
+    # `tree_at` rather than a constructor keeps the static `sign` of a scaling: under `jax.jit` a
+    # Python scalar is a traced leaf whose sign could no longer be read off it.
     @fn.register(MulLinearOperator)
-    def _(op):
-        return MulLinearOperator(fn(op.operator), op.scalar)
-
     @fn.register(DivLinearOperator)
     def _(op):
-        return DivLinearOperator(fn(op.operator), op.scalar)
+        return eqx.tree_at(lambda o: o.operator, op, fn(op.operator))
 
     @fn.register(NegLinearOperator)
     def _(op):
@@ -500,7 +500,10 @@ def diagonal(operator: Any) -> jax.Array:
 
 @diagonal.register(MatrixLinearOperator)
 def _(op):
-    return jnp.diagonal(op.matrix)
+    # Gather the entries directly: `jnp.diagonal` builds an (m, n) mask for some backends, which
+    # shows up in every jaxpr (and in traced memory estimates) even where it is optimised away.
+    idx = jnp.arange(min(op.matrix.shape))
+    return op.matrix[idx, idx]
 
 
 @diagonal.register(PyTreeLinearOperator)
@@ -730,13 +733,13 @@ def _(op):
 
 
 @conj.register(MulLinearOperator)
-def _(op):
-    return MulLinearOperator(conj(op.operator), _conj_scalar(op.scalar))
-
-
 @conj.register(DivLinearOperator)
 def _(op):
-    return DivLinearOperator(conj(op.operator), _conj_scalar(op.scalar))
+    # Keeps the static `sign` (see `_rebuild`); conjugation does not change a real scalar's sign,
+    # and a complex scalar has none.
+    return eqx.tree_at(
+        lambda o: (o.operator, o.scalar), op, (conj(op.operator), _conj_scalar(op.scalar))
+    )
 
 
 @conj.register(NegLinearOperator)
