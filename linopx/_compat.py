@@ -15,13 +15,17 @@ from jax._src.lax.linalg import geqp3 as _geqp3, geqrf as _geqrf
 
 
 def geqrf(a: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Householder QR in LAPACK's compact form: `(reflectors with R in the upper triangle, taus)`."""
-    return _geqrf(a)
+    """Householder QR in LAPACK's compact form: `(reflectors with R in the upper triangle, taus)`.
+
+    JAX defines no derivative for these primitives. Solver states carry no derivatives anyway
+    (`linear_solve` differentiates through the operator, not the state), so the input is cut from
+    differentiation here; a state built by `solver.init` on a traced operator then still works."""
+    return _geqrf(jax.lax.stop_gradient(a))
 
 
 def geqp3(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Column-pivoted Householder QR: `(reflectors/R, 0-based column permutation, taus)`, so that
     `a[:, perm] = Q R`."""
     jpvt = jnp.zeros(a.shape[-1:], jnp.int32)
-    r, perm, taus = _geqp3(a, jpvt)
+    r, perm, taus = _geqp3(jax.lax.stop_gradient(a), jpvt)
     return r, perm - 1, taus

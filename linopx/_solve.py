@@ -52,7 +52,7 @@ def _prepare_vector(operator: AbstractLinearOperator, vector: Any) -> Any:
         x = jnp.asarray(x)
         if not jnp.issubdtype(x.dtype, jnp.inexact):
             x = x.astype(_tree.default_float_dtype())
-        new.append(x.astype(jnp.promote_types(x.dtype, s.dtype)))
+        new.append(x.astype(_tree.common_dtype(x.dtype, s.dtype)))
     return jax.tree_util.tree_unflatten(treedef, new)
 
 

@@ -121,14 +121,20 @@ def _compute_unbatched(leaves, static: _Static, check: bool = False):
     # A non-finite solution from finite inputs means the system is (numerically) singular; non-finite
     # inputs are reported as such whatever the solver said.
     s_op, _, s_vec, _, _ = static.slices()
-    inputs_ok = _tree.tree_all_finite(list(leaves[s_op]) + list(leaves[s_vec]))
+    # A failure the solver itself detected (e.g. a zero pivot) takes precedence over a non-finite
+    # right-hand side: in a derivative solve the right-hand side holds the primal solution, which is
+    # not finite exactly when the primal system was singular.
+    operator_ok = _tree.tree_all_finite(list(leaves[s_op]))
+    vector_ok = _tree.tree_all_finite(list(leaves[s_vec]))
     value_ok = _tree.tree_all_finite(value)
+    solver_ok = result == RESULTS.successful
     result = RESULTS.where(
-        inputs_ok,
-        RESULTS.where(
-            (result == RESULTS.successful) & jnp.logical_not(value_ok), RESULTS.singular, result
-        ),
+        solver_ok & jnp.logical_not(value_ok) & vector_ok, RESULTS.singular, result
+    )
+    result = RESULTS.where(
+        jnp.logical_not(operator_ok) | (jnp.logical_not(vector_ok) & solver_ok),
         RESULTS.nonfinite_input,
+        result,
     )
     if check:
         # Raised from inside the primitive for the solves that derivatives make, so that the check
@@ -282,7 +288,7 @@ def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
                 terms.append(_tree.tree_neg(operator.mv(z)))
     rhs = functools.reduce(_tree.tree_add, terms)
     rhs = jax.tree_util.tree_map(
-        lambda r, s: r.astype(jnp.promote_types(r.dtype, s.dtype)), rhs, operator.out_structure()
+        lambda r, s: r.astype(_tree.common_dtype(r.dtype, s.dtype)), rhs, operator.out_structure()
     )
     out = _solve_value(operator, state, rhs, options, solver, throw)
     if z is not None:

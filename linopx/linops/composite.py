@@ -21,13 +21,13 @@ from .tags import transpose_tags
 
 def _promote(structure: Any, dtype: Any) -> Any:
     return jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, jnp.promote_types(s.dtype, dtype)), structure
+        lambda s: jax.ShapeDtypeStruct(s.shape, _tree.common_dtype(s.dtype, dtype)), structure
     )
 
 
 def _promote_pair(a: Any, b: Any) -> Any:
     return jax.tree_util.tree_map(
-        lambda x, y: jax.ShapeDtypeStruct(x.shape, jnp.promote_types(x.dtype, y.dtype)), a, b
+        lambda x, y: jax.ShapeDtypeStruct(x.shape, _tree.common_dtype(x.dtype, y.dtype)), a, b
     )
 
 

@@ -39,8 +39,26 @@ def finite_result(x: jax.Array) -> Any:
     return RESULTS.where(jnp.all(jnp.isfinite(x)), RESULTS.successful, RESULTS.singular)
 
 
+def pivot_result(pivots: jax.Array) -> Any:
+    """`RESULTS.singular` if the smallest pivot magnitude is at most `32 · eps` times the largest (or
+    is not finite), else `RESULTS.successful`.
+
+    Rounding leaves the "zero" pivot of an exactly singular matrix at a few `eps · |A|` rather than
+    at zero, and a solve would then return a finite number dominated by rounding. The threshold does
+    not grow with the size: in float32 a well-conditioned random matrix of size 2000 already has
+    pivots spanning 3e4, so a size-scaled threshold would flag good systems. It is a heuristic (a
+    pivot ratio is not a condition number): it catches the common case, and exact zeros are caught
+    independently by the finiteness check on the solution."""
+    a = jnp.abs(pivots)
+    if a.size == 0:
+        return RESULTS.successful
+    eps = jnp.finfo(a.dtype).eps
+    ok = jnp.min(a) > 32 * eps * jnp.max(a)
+    return RESULTS.where(ok, RESULTS.successful, RESULTS.singular)
+
+
 def matrix_dtype(operator: AbstractLinearOperator):
-    return jnp.result_type(
+    return _tree.common_dtype(
         _tree.structure_dtype(operator.in_structure()), _tree.structure_dtype(operator.out_structure())
     )
 
@@ -62,4 +80,4 @@ def swap(structs: tuple) -> tuple:
 def rhs(vector: Any, dtype: Any) -> jax.Array:
     """Flatten the right-hand side, promoting to the factorization's dtype (or complex if the vector is)."""
     b = _tree.ravel(vector)
-    return b.astype(jnp.promote_types(b.dtype, dtype))
+    return b.astype(_tree.common_dtype(b.dtype, dtype))

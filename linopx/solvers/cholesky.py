@@ -7,9 +7,8 @@ import jax
 import jax.numpy as jnp
 from jax.lax.linalg import cholesky, triangular_solve
 
-from .._solution import RESULTS
 from ..linops.functions import is_negative_semidefinite, is_positive_semidefinite
-from ._misc import check_square, rhs, solution_structure, structures, swap, unflat
+from ._misc import check_square, pivot_result, rhs, solution_structure, structures, swap, unflat
 from .base import AbstractLinearSolver
 
 
@@ -53,7 +52,9 @@ class Cholesky(AbstractLinearSolver):
         x = triangular_solve(L, y, left_side=True, lower=True, transpose_a=True, conjugate_a=True)[:, 0]
         if state.negative:
             x = -x
-        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+        # The pivots of A = L Lᴴ are |L_ii|².
+        result = pivot_result(jnp.abs(jnp.diagonal(state.factor)) ** 2)
+        return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _CholeskyState, options):
         # A is Hermitian, so Aᵀ = conj(A), whose factor is conj(L).

@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax.lax.linalg import lu as lax_lu, triangular_solve
 
-from .._solution import RESULTS
-from ._misc import check_square, rhs, solution_structure, structures, swap, unflat
+from ._misc import check_square, pivot_result, rhs, solution_structure, structures, swap, unflat
 from .base import AbstractLinearSolver
 
 
@@ -40,7 +39,8 @@ class LU(AbstractLinearSolver):
 
     The factorization happens once in `init`; each solve, and every derivative solve (forward or
     reverse mode), reuses it: a transpose solve runs the triangular solves transposed.
-    A singular matrix gives `RESULTS.singular`.
+    A singular matrix (a zero pivot, or pivots spanning more than `1 / (32 eps)`) gives
+    `RESULTS.singular`.
 
     ```python
     sol = lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU())
@@ -55,7 +55,8 @@ class LU(AbstractLinearSolver):
     def compute(self, state: _LUState, vector, options):
         b = rhs(vector, state.lu.dtype)
         x = lu_solve(state.lu.astype(b.dtype), state.perm, b, state.transposed)
-        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+        result = pivot_result(jnp.diagonal(state.lu))
+        return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _LUState, options):
         return _LUState(state.lu, state.perm, not state.transposed, swap(state.structs)), options

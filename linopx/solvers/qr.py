@@ -12,7 +12,7 @@ from jax.lax.linalg import ormqr, triangular_solve
 
 from .._compat import geqp3, geqrf
 from .._solution import RESULTS
-from ._misc import rhs, solution_structure, structures, swap, unflat
+from ._misc import pivot_result, rhs, solution_structure, structures, swap, unflat
 from .base import AbstractLinearSolver
 
 
@@ -78,7 +78,9 @@ class QR(AbstractLinearSolver):
                 r, b[:, None], left_side=True, lower=False, transpose_a=True, conjugate_a=True
             )[:, 0]
             x = _apply_q(h, taus, _pad(y, p), adjoint=False)
-        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+        # QR assumes full rank (use PivotedQR or SVD otherwise): report a rank-deficient R.
+        result = pivot_result(jnp.diagonal(r))
+        return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _QRState, options):
         # (Q R)ᵀ = (Q̄ R̄)ᴴ and ((Q R)ᴴ)ᵀ = Q̄ R̄; conjugating the reflectors and taus conjugates Q.
