@@ -9,10 +9,10 @@ import jax
 
 jax.config.update("jax_enable_x64", True)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax.numpy as jnp
+import numpy as np
 
-import linopx as lx  # noqa: E402
+import linopx as lx
 
 
 def main() -> None:
@@ -29,7 +29,9 @@ def main() -> None:
     a = jnp.asarray(rng.normal(size=(6, 6)) + 3 * np.eye(6))
     b = jnp.asarray(rng.normal(size=6))
     sol = lx.linear_solve(lx.MatrixLinearOperator(a), b)
-    print(f"Square 6x6 system, solver chosen: {lx.AutoLinearSolver().select_solver(lx.MatrixLinearOperator(a))!r}")
+    print(
+        f"Square 6x6 system, solver chosen: {lx.AutoLinearSolver().select_solver(lx.MatrixLinearOperator(a))!r}"
+    )
     check("residual |A x - b|", float(jnp.linalg.norm(a @ sol.value - b)), 1e-12)
 
     # Gradient of a scalar loss of the solution with respect to the matrix, by reverse mode,
@@ -62,12 +64,20 @@ def main() -> None:
     dm = jnp.asarray(rng.normal(size=m.shape))
     dy = jnp.asarray(rng.normal(size=y.shape))
     fd = (ls_loss(m + h * dm, y + h * dy) - ls_loss(m - h * dm, y - h * dy)) / (2 * h)
-    check("grad vs finite difference (least squares)", float(abs(jnp.vdot(gm, dm) + jnp.vdot(gy, dy) - fd)), 1e-7)
+    check(
+        "grad vs finite difference (least squares)",
+        float(abs(jnp.vdot(gm, dm) + jnp.vdot(gy, dy) - fd)),
+        1e-7,
+    )
 
     # 3. vmap: many right-hand sides, one factorization.
     B = jnp.asarray(rng.normal(size=(5, 6)))
     X = jax.vmap(lambda b: lx.linear_solve(lx.MatrixLinearOperator(a), b).value)(B)
-    check("vmap over 5 right-hand sides", float(np.abs(np.asarray(X) - np.linalg.solve(a, B.T).T).max()), 1e-12)
+    check(
+        "vmap over 5 right-hand sides",
+        float(np.abs(np.asarray(X) - np.linalg.solve(a, B.T).T).max()),
+        1e-12,
+    )
 
     if failures:
         raise SystemExit(f"quickstart: {len(failures)} check(s) failed: {failures}")
