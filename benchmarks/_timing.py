@@ -15,7 +15,9 @@ def block(x):
     )
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2
+) -> dict[str, float]:
     """Median wall time (seconds) of each zero-argument callable, timed in interleaved rounds so
     that drifts in machine load affect all of them alike."""
     for fn in fns.values():
@@ -50,9 +52,47 @@ def fmt_time(t: float) -> str:
     return f"{t:.2f} s"
 
 
-def print_table(rows: list[dict], columns: list[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    print(" | ".join(c.ljust(widths[c]) for c in columns))
-    print("-+-".join("-" * widths[c] for c in columns))
+def row(case: str, size: str, times: dict[str, float], base: str = "linopx", **notes) -> dict:
+    """One benchmark result: median seconds per implementation, `base` the one the ratios are of,
+    and free-form notes (iteration counts, errors, memory). Sizes are strings such as "n=100"."""
+    return {"case": case, "size": size, "base": base, "times": dict(times), "notes": notes}
+
+
+def ratios(r: dict) -> dict[str, float]:
+    """`base / other` for every other implementation in the row (below 1: the base is faster)."""
+    t = r["times"]
+    base = t.get(r["base"])
+    if base is None:
+        return {}
+    return {f"{r['base']}/{k}": base / v for k, v in t.items() if k != r["base"] and v}
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """The rows as a Markdown table: times, ratios and notes, one column per name seen."""
+    impls: list[str] = []
+    ratio_names: list[str] = []
+    note_names: list[str] = []
     for r in rows:
-        print(" | ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+        for k in r["times"]:
+            if k not in impls:
+                impls.append(k)
+        for k in ratios(r):
+            if k not in ratio_names:
+                ratio_names.append(k)
+        for k in r["notes"]:
+            if k not in note_names:
+                note_names.append(k)
+    header = ["case", "size", *impls, *ratio_names, *note_names]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        rr = ratios(r)
+        cells = [r["case"], r["size"]]
+        cells += [fmt_time(r["times"][k]) if k in r["times"] else "" for k in impls]
+        cells += [f"{rr[k]:.2f}" if k in rr else "" for k in ratio_names]
+        cells += [str(r["notes"].get(k, "")) for k in note_names]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def print_table(rows: list[dict]) -> None:
+    print("\n".join(table_lines(rows)))

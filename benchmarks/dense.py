@@ -23,22 +23,12 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import linopx as lx  # noqa: E402
-from benchmarks._timing import compile_time, fmt_time, interleaved, print_table  # noqa: E402
+from benchmarks._timing import compile_time, interleaved, print_table, row  # noqa: E402
 
 try:
     import lineax
 except ImportError:  # benchmark-only dependency
     lineax = None
-
-
-def _row(case, times, base="linopx"):
-    row = {"case": case}
-    for k, v in times.items():
-        row[k] = fmt_time(v)
-    for k, v in times.items():
-        if k != base:
-            row[f"{base}/{k}"] = f"{times[base] / v:.2f}"
-    return row
 
 
 def square_cases(rng, sizes, repeats):
@@ -60,8 +50,8 @@ def square_cases(rng, sizes, repeats):
                 lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value ** 2
             )
         grad = {k: jax.jit(jax.grad(f, argnums=(0, 1))) for k, f in loss.items()}
-        rows.append(_row(f"LU solve n={n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats)))
-        rows.append(_row(f"LU grad n={n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats)))
+        rows.append(row("LU solve", f"n={n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats)))
+        rows.append(row("LU grad", f"n={n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats)))
     return rows
 
 
@@ -82,7 +72,8 @@ def multi_rhs_case(rng, n, k, repeats):
     for name, f in fns.items():
         err = np.abs(np.asarray(f(a, B)) - ref).max()
         assert err < 1e-8, (name, err)
-    return [_row(f"{k} RHS by vmap n={n}", interleaved({k2: (lambda f=f: f(a, B)) for k2, f in fns.items()}, repeats))]
+    times = interleaved({k2: (lambda f=f: f(a, B)) for k2, f in fns.items()}, repeats)
+    return [row(f"{k} RHS by vmap", f"n={n}", times)]
 
 
 def compile_case(rng, n, repeats):
@@ -90,6 +81,9 @@ def compile_case(rng, n, repeats):
     b = jnp.asarray(rng.normal(size=n))
     makers = {
         "linopx": lambda: (lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value),
+        "linopx throw=False": lambda: (
+            lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU(), throw=False).value
+        ),
         "jnp": lambda: (lambda a, b: jnp.linalg.solve(a, b)),
     }
     if lineax is not None:
@@ -97,7 +91,7 @@ def compile_case(rng, n, repeats):
             lambda a, b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value
         )
     times = {k: compile_time(m, (a, b), repeats) for k, m in makers.items()}
-    return [_row(f"compile LU n={n}", times)]
+    return [row("compile LU", f"n={n}", times)]
 
 
 def least_squares_cases(rng, m, n, rank, repeats):
@@ -119,8 +113,8 @@ def least_squares_cases(rng, m, n, rank, repeats):
     ref = np.linalg.lstsq(np.asarray(a), np.asarray(b), rcond=None)[0]
     assert np.abs(np.asarray(fwd["linopx"](a, b)) - ref).max() < 1e-10
     grad = {k: jax.jit(jax.grad(f, argnums=(0, 1))) for k, f in loss.items()}
-    rows.append(_row(f"lstsq {m}x{n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats)))
-    rows.append(_row(f"lstsq grad {m}x{n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats)))
+    rows.append(row("lstsq", f"{m}x{n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats)))
+    rows.append(row("lstsq grad", f"{m}x{n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats)))
 
     # Rank-deficient: well_posed=False.
     d = jnp.asarray(rng.normal(size=(m, rank)) @ rng.normal(size=(rank, n)))
@@ -139,24 +133,27 @@ def least_squares_cases(rng, m, n, rank, repeats):
     ref = np.linalg.lstsq(np.asarray(d), np.asarray(b), rcond=None)[0]
     err = np.abs(np.asarray(fwd["linopx"](d, b)) - ref).max() / np.abs(ref).max()
     assert err < 1e-8, err
-    row = _row(
-        f"rank-deficient {m}x{n} rank {rank}",
-        interleaved({k: (lambda f=f: f(d, b)) for k, f in fwd.items()}, repeats),
-    )
-    row["rel. diff vs numpy"] = f"{err:.1e}"
-    rows.append(row)
+    times = interleaved({k: (lambda f=f: f(d, b)) for k, f in fwd.items()}, repeats)
+    rows.append(row(f"rank-deficient (rank {rank})", f"{m}x{n}", times, **{"rel. diff vs numpy": f"{err:.1e}"}))
     return rows
+
+
+def cases(quick: bool = False) -> list[tuple[str, object]]:
+    """The suite as `(label, thunk)` pairs; each thunk returns a list of rows (see `_timing.row`)."""
+    rng = np.random.default_rng(0)
+    repeats = 5 if quick else 30
+    out = []
+    for n in [50] if quick else [100, 1000]:
+        out.append((f"LU n={n}", lambda n=n: square_cases(rng, [n], repeats)))
+    n_rhs = 100 if quick else 500
+    out.append((f"100 RHS n={n_rhs}", lambda: multi_rhs_case(rng, n_rhs, 100, repeats)))
+    out.append(("compile LU n=50", lambda: compile_case(rng, 50, 3 if quick else 7)))
+    out.append(("least squares 400x100", lambda: least_squares_cases(rng, 400, 100, 80, repeats)))
+    return out
 
 
 def run(quick: bool = False) -> list[dict]:
-    rng = np.random.default_rng(0)
-    repeats = 5 if quick else 30
-    rows = []
-    rows += square_cases(rng, [50] if quick else [100, 1000], repeats)
-    rows += multi_rhs_case(rng, 100 if quick else 500, 100, repeats)
-    rows += compile_case(rng, 50, 3 if quick else 7)
-    rows += least_squares_cases(rng, 400, 100, 80, repeats)
-    return rows
+    return [r for _, thunk in cases(quick) for r in thunk()]
 
 
 def main() -> None:
@@ -166,9 +163,8 @@ def main() -> None:
     if lineax is None:
         print("note: lineax is not installed; its columns are skipped (pip install lineax)")
     rows = run(args.quick)
-    columns = ["case", "linopx", "jnp", "lineax", "linopx/jnp", "linopx/lineax", "rel. diff vs numpy"]
     print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64")
-    print_table(rows, columns)
+    print_table(rows)
 
 
 if __name__ == "__main__":
