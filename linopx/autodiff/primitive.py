@@ -124,9 +124,10 @@ def _compute_unbatched(leaves, static: _Static, check: bool = False):
     # A failure the solver itself detected (e.g. a zero pivot) takes precedence over a non-finite
     # right-hand side: in a derivative solve the right-hand side holds the primal solution, which is
     # not finite exactly when the primal system was singular.
+    # Few reductions on purpose: each one is a separate kernel for XLA to compile, and these checks
+    # are in every solve. The vector's and the solution's flags come out of one OR-reduction.
     operator_ok = _tree.tree_all_finite(list(leaves[s_op]))
-    vector_ok = _tree.tree_all_finite(list(leaves[s_vec]))
-    value_ok = _tree.tree_all_finite(value)
+    vector_ok, value_ok = _tree.tree_finite_flags(list(leaves[s_vec]), value)
     solver_ok = result == RESULTS.successful
     result = RESULTS.where(
         solver_ok & jnp.logical_not(value_ok) & vector_ok, RESULTS.singular, result
