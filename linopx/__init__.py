@@ -23,6 +23,7 @@ from .linops import (
     MulLinearOperator as MulLinearOperator,
     NegLinearOperator as NegLinearOperator,
     PyTreeLinearOperator as PyTreeLinearOperator,
+    SparseCOOLinearOperator as SparseCOOLinearOperator,
     TaggedLinearOperator as TaggedLinearOperator,
     TridiagonalLinearOperator as TridiagonalLinearOperator,
     conj as conj,
@@ -51,15 +52,23 @@ from .linops import (
 from .solvers import (
     AbstractLinearSolver as AbstractLinearSolver,
     AutoLinearSolver as AutoLinearSolver,
+    BiCGStab as BiCGStab,
+    CG as CG,
     Cholesky as Cholesky,
     Diagonal as Diagonal,
+    GMRES as GMRES,
+    LSMR as LSMR,
+    LSQR as LSQR,
     LU as LU,
+    MINRES as MINRES,
     Normal as Normal,
     PivotedQR as PivotedQR,
     QR as QR,
     SVD as SVD,
+    SparseLU as SparseLU,
     Triangular as Triangular,
     Tridiagonal as Tridiagonal,
+    jacobi_preconditioner as jacobi_preconditioner,
 )
 
 try:

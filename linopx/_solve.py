@@ -13,6 +13,7 @@ from . import _tree
 from ._solution import RESULTS, Solution
 from .autodiff.primitive import bind_solve
 from .linops.base import AbstractLinearOperator
+from .solvers._damped import is_damped, undamp
 from .solvers.auto import AutoLinearSolver
 from .solvers.base import AbstractLinearSolver
 
@@ -113,6 +114,13 @@ def linear_solve(
             f"`solver` must be a linopx solver such as `lx.LU()`, got {type(solver).__name__}."
         )
     vector = _prepare_vector(operator, vector)
+    if is_damped(solver):
+        # Damped LSQR/LSMR minimise |Ax - b|² + damp²|x|², whose solution is not A⁺b. Solve the
+        # equivalent undamped least-squares problem for [A; damp I] and (b, 0) instead, so that the
+        # pseudoinverse derivative rules are exact (see `solvers/_damped.py`). A `state` built for
+        # the unstacked operator does not fit; iterative solvers' `init` is cheap, so rebuild it.
+        operator, vector, solver = undamp(operator, vector, solver)
+        state = None
     options = _stop_gradient(_check_options(options))
     if state is None:
         state = solver.init(_stop_gradient(operator), options)

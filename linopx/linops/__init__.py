@@ -35,6 +35,7 @@ from .functions import (
 )
 from .matrix import MatrixLinearOperator as MatrixLinearOperator
 from .pytree import PyTreeLinearOperator as PyTreeLinearOperator
+from .sparse import SparseCOOLinearOperator as SparseCOOLinearOperator
 from .tags import (
     diagonal_tag as diagonal_tag,
     lower_triangular_tag as lower_triangular_tag,

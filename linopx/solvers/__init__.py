@@ -2,11 +2,19 @@
 
 from .auto import AutoLinearSolver as AutoLinearSolver
 from .base import AbstractLinearSolver as AbstractLinearSolver
+from .bicgstab import BiCGStab as BiCGStab
+from .cg import CG as CG
 from .cholesky import Cholesky as Cholesky
 from .diagonal import Diagonal as Diagonal
+from .gmres import GMRES as GMRES
+from .lsmr import LSMR as LSMR
+from .lsqr import LSQR as LSQR
 from .lu import LU as LU
+from .minres import MINRES as MINRES
 from .normal import Normal as Normal
+from .preconditioners import jacobi_preconditioner as jacobi_preconditioner
 from .qr import PivotedQR as PivotedQR, QR as QR
+from .sparse import SparseLU as SparseLU
 from .svd import SVD as SVD
 from .triangular import Triangular as Triangular
 from .tridiagonal import Tridiagonal as Tridiagonal

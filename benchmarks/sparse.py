@@ -1,0 +1,313 @@
+"""Sparse direct-solve benchmarks: linopx's `SparseLU` against the same factorizers called directly,
+klujax and `jax.experimental.sparse.linalg.spsolve`, on Poisson matrices.
+
+    python benchmarks/sparse.py           # 2-D Poisson 300² and 1000², 3-D Poisson 30³ and 40³
+    python benchmarks/sparse.py --quick   # 300² and 30³ only
+
+How it measures:
+
+- Every (problem, method) pair runs in its own subprocess, so that one method's memory and
+  library start-up (MKL, klujax's global JAX settings) cannot affect another's figures.
+- Times are medians of a few runs after one warm-up run (which includes compilation). A method
+  whose single run takes over a second is timed once.
+- linopx's factorization cache is cleared before every timed run, so a forward is a full
+  factorization + solve, and a gradient (w.r.t. the values and `b`) is one full forward + backward
+  from a cold cache: the cache can only help *within* a gradient (reusing the forward factorization
+  for the backward solve), which is its purpose.
+- "peak MiB" is the growth of the process's peak resident set size (`resource.getrusage(
+  RUSAGE_SELF).ru_maxrss`, host memory, which on CPU includes JAX's buffers) over its value after
+  the problem was built and everything imported and compiled: the extra memory the timed solves
+  needed at their peak (for linopx and klujax: the larger of forward and gradient).
+- The direct baselines get the matrix already in their input format (CSC for SuperLU, CSR for
+  PARDISO); linopx's figures include its own COO-to-compressed conversion and the hashing of the
+  values for the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+PROBLEMS = {
+    "2D Poisson 300²": ("2d", 300),
+    "2D Poisson 1000²": ("2d", 1000),
+    "3D Poisson 30³": ("3d", 30),
+    "3D Poisson 40³": ("3d", 40),
+}
+QUICK = ["2D Poisson 300²", "3D Poisson 30³"]
+METHODS = ["linopx-superlu", "linopx-pardiso", "splu", "pypardiso", "klujax", "jax-spsolve"]
+# KLU and jax's spsolve (SuperLU with SciPy's default COLAMD ordering) take minutes on 10⁶ unknowns.
+SKIP = {("2D Poisson 1000²", "klujax"), ("2D Poisson 1000²", "jax-spsolve")}
+
+
+def poisson(kind: str, k: int):
+    import scipy.sparse as sp
+
+    t = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], (k, k), dtype=float)
+    eye = sp.eye(k, dtype=float)
+    if kind == "2d":
+        return (sp.kron(eye, t) + sp.kron(t, eye)).tocoo()
+    return (
+        sp.kron(sp.kron(eye, eye), t)
+        + sp.kron(sp.kron(eye, t), eye)
+        + sp.kron(sp.kron(t, eye), eye)
+    ).tocoo()
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+_CALLS = [0]
+
+
+def _time(fn, before=None, repeats: int = 3) -> float:
+    """Median seconds of `fn()` (blocking), after one warm-up; `before()` runs untimed each time.
+    The number of calls made (warm-up included) is left in `_CALLS[0]`."""
+    if before:
+        before()
+    t0 = time.perf_counter()
+    _block(fn())
+    first = time.perf_counter() - t0
+    n = repeats if first < 1.0 else 1
+    out = []
+    for _ in range(n):
+        if before:
+            before()
+        t0 = time.perf_counter()
+        _block(fn())
+        out.append(time.perf_counter() - t0)
+    _CALLS[0] = 1 + n
+    return statistics.median(out)
+
+
+def _block(x):
+    import jax
+
+    return jax.tree_util.tree_map(lambda a: getattr(a, "block_until_ready", lambda: a)(), x)
+
+
+def child(problem: str, method: str, repeats: int) -> dict:
+    """Measure one method on one problem; runs inside its own process."""
+    import numpy as np
+
+    kind, k = PROBLEMS[problem]
+    a = poisson(kind, k)
+    n = a.shape[0]
+    rng = np.random.default_rng(0)
+    b_np = rng.normal(size=n)
+    w_np = rng.normal(size=n)
+    out: dict = {"problem": problem, "method": method, "n": n, "nnz": int(a.nnz)}
+
+    if method.startswith("linopx"):
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+
+        sys.path.insert(0, ROOT)
+        import linopx as lx
+        from linopx.solvers import sparse as S
+
+        backend = method.split("-")[1]
+        op = lx.SparseCOOLinearOperator.from_scipy(a)
+        solver = lx.SparseLU(backend)
+        b, w = jnp.asarray(b_np), jnp.asarray(w_np)
+
+        def solve(v, b):
+            o = lx.SparseCOOLinearOperator(v, op.rows, op.cols, op.shape)
+            return lx.linear_solve(o, b, solver).value
+
+        # Compile ahead of time and start the factorizer on a tiny matrix, so that the baseline
+        # below includes compiled code and library start-up but no solve of this problem.
+        fwd = jax.jit(solve).lower(op.values, b).compile()
+        loss = lambda v, b: jnp.dot(w, solve(v, b))
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(op.values, b).compile()
+        tiny = lx.SparseCOOLinearOperator(
+            jnp.array([2.0, 3.0]), np.array([0, 1]), np.array([0, 1]), (2, 2)
+        )
+        _block(lx.linear_solve(tiny, jnp.ones(2), solver).value)
+        S.clear_cache()
+        base = _peak_mib()
+        out["forward"] = _time(lambda: fwd(op.values, b), S.clear_cache, repeats)
+        S.reset_counters()
+        out["grad"] = _time(lambda: grad(op.values, b), S.clear_cache, repeats)
+        info = S.cache_info()
+        out["factorizations per grad"] = sum(info["factorizations"].values()) / _CALLS[0]
+        x = np.asarray(fwd(op.values, b))
+    elif method == "splu":
+        from scipy.sparse.linalg import splu
+
+        csc = a.tocsc()
+        base = _peak_mib()
+        out["forward"] = _time(
+            lambda: splu(csc, permc_spec="MMD_AT_PLUS_A").solve(b_np), None, repeats
+        )
+        x = splu(csc, permc_spec="MMD_AT_PLUS_A").solve(b_np)
+    elif method == "pypardiso":
+        import pypardiso
+
+        csr = a.tocsr()
+        solver = pypardiso.PyPardisoSolver()
+        tiny = a.tocsr()[:2, :2]
+        solver.factorize(tiny)  # MKL start-up, outside the baseline
+        solver.solve(tiny, np.ones(2))
+
+        def run():
+            solver.factorize(csr)  # always phase 12: a fresh analysis and factorization
+            return solver.solve(csr, b_np)
+
+        base = _peak_mib()
+        out["forward"] = _time(run, None, repeats)
+        x = run()
+    elif method == "klujax":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+
+        try:
+            import klujax  # after setup: it switches on x64 and the CPU platform process-wide
+        except ImportError:
+            return {**out, "note": "klujax not installed (pip install klujax)"}
+        ai, aj = jnp.asarray(a.row, jnp.int32), jnp.asarray(a.col, jnp.int32)
+        ax, b, w = jnp.asarray(a.data), jnp.asarray(b_np), jnp.asarray(w_np)
+
+        def solve(ax, b):
+            return klujax.solve(ai, aj, ax, b[:, None])[:, 0]
+
+        fwd = jax.jit(solve).lower(ax, b).compile()
+        loss = lambda ax, b: jnp.dot(w, solve(ax, b))
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(ax, b).compile()
+        base = _peak_mib()
+        out["forward"] = _time(lambda: fwd(ax, b), None, repeats)
+        out["grad"] = _time(lambda: grad(ax, b), None, repeats)
+        x = np.asarray(fwd(ax, b))
+    elif method == "jax-spsolve":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        import jax.numpy as jnp
+
+        try:
+            from jax.experimental.sparse.linalg import spsolve
+        except ImportError:
+            return {**out, "note": "jax.experimental.sparse.linalg.spsolve absent"}
+        csr = a.tocsr()
+        data, idx, ptr = (jnp.asarray(x) for x in (csr.data, csr.indices, csr.indptr))
+        b = jnp.asarray(b_np)
+        fwd = jax.jit(lambda d, b: spsolve(d, idx, ptr, b)).lower(data, b).compile()
+        base = _peak_mib()
+        out["forward"] = _time(lambda: fwd(data, b), None, repeats)
+        out["note"] = "forward only: its gradient re-factorizes the explicit transpose"
+        x = np.asarray(fwd(data, b))
+    else:
+        raise ValueError(method)
+    out["peak MiB"] = _peak_mib() - base
+    r = a.tocsr() @ x - b_np
+    out["residual"] = float(np.linalg.norm(r) / np.linalg.norm(b_np))
+    return out
+
+
+def _fmt(t):
+    if t is None:
+        return ""
+    return f"{t * 1e3:.0f} ms" if t < 10 else f"{t:.1f} s"
+
+
+def run(quick: bool = False) -> list[dict]:
+    problems = QUICK if quick else list(PROBLEMS)
+    repeats = 3 if quick else 5
+    results = []
+    for problem in problems:
+        for method in METHODS:
+            if (problem, method) in SKIP:
+                continue
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child",
+                problem,
+                method,
+                str(repeats),
+            ]
+            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                results.append(
+                    {"problem": problem, "method": method, "note": f"failed: {err[:90]}"}
+                )
+                continue
+            results.append(json.loads(lines[-1]))
+    return results
+
+
+def table(results: list[dict]) -> list[dict]:
+    rows = []
+    by = {(r["problem"], r["method"]): r for r in results}
+    for r in results:
+        row = {
+            "problem": r["problem"],
+            "method": r["method"],
+            "forward": _fmt(r.get("forward")),
+            "grad": _fmt(r.get("grad")),
+            "grad/fwd": f"{r['grad'] / r['forward']:.2f}" if "grad" in r else "",
+            "peak MiB": f"{r['peak MiB']:.0f}" if "peak MiB" in r else "",
+            "rel. residual": f"{r['residual']:.1e}" if "residual" in r else "",
+            "note": r.get("note", ""),
+        }
+        direct = {"linopx-superlu": "splu", "linopx-pardiso": "pypardiso"}.get(r["method"])
+        ref = by.get((r["problem"], direct)) if direct else None
+        if ref and "forward" in ref and "forward" in r:
+            row["fwd vs direct"] = f"{r['forward'] / ref['forward']:.2f}"
+        klu = by.get((r["problem"], "klujax"))
+        if r["method"].startswith("linopx") and klu and "forward" in klu:
+            row["fwd vs klujax"] = f"{r['forward'] / klu['forward']:.2f}"
+            row["grad vs klujax"] = f"{r['grad'] / klu['grad']:.2f}"
+        if "factorizations per grad" in r:
+            row["factorizations/grad"] = f"{r['factorizations per grad']:.1f}"
+        rows.append(row)
+    return rows
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    """A Markdown table of the columns that have any value."""
+    columns = [c for c in columns if any(r.get(c) for r in rows)]
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("| " + " | ".join(c.ljust(widths[c]) for c in columns) + " |")
+    print("|-" + "-|-".join("-" * widths[c] for c in columns) + "-|")
+    for r in rows:
+        print("| " + " | ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the two smaller problems only")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("PROBLEM", "METHOD", "REPEATS"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.child:
+        problem, method, repeats = args.child
+        print(json.dumps(child(problem, method, int(repeats))))
+        return
+    results = run(args.quick)
+    columns = [
+        "problem", "method", "forward", "grad", "grad/fwd", "fwd vs direct", "fwd vs klujax",
+        "grad vs klujax", "factorizations/grad", "peak MiB", "rel. residual", "note",
+    ]  # fmt: skip
+    print(f"{os.cpu_count()} CPU cores; ratios are linopx / other (below 1: linopx faster)")
+    _print_table(table(results), columns)
+
+
+if __name__ == "__main__":
+    main()

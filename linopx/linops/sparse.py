@@ -1,0 +1,413 @@
+"""`SparseCOOLinearOperator`: a sparse matrix in coordinate (COO) form.
+
+The sparsity pattern (`rows`, `cols`, `shape`) is static structure, held as NumPy arrays with a
+hash and an equality on their bytes; only `values` is an array leaf. This is what lets a sparse
+direct solver decide things about the pattern at trace time (is it structurally symmetric? which
+fill-reducing ordering? has its symbolic analysis been done already?) and use the pattern as a
+cache key, and it keeps the integer indices out of differentiation and batching altogether.
+The price is that the indices must be concrete when the operator is built (they cannot be traced
+inside `jax.jit`); the values can be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Inexact
+
+from .. import _tree
+from .base import AbstractLinearOperator, check_tags
+from .functions import (
+    conj,
+    diagonal,
+    linearise,
+    materialise,
+    register_tagged,
+    tridiagonal,
+)
+from .tags import transpose_tags
+
+
+class SparsityPattern:
+    """The static part of a COO matrix: `rows`, `cols` (read-only NumPy integer arrays) and `shape`.
+
+    Hashable and comparable by content (a BLAKE2b digest of the index bytes), so two operators built
+    from the same pattern share compiled code and host-side caches. Host-side helpers computed from
+    the pattern (CSC/CSR layouts, the structural-symmetry check) are memoised on the instance; they
+    only ever save time, never change a result.
+    """
+
+    __slots__ = ("_lock", "_memo", "cols", "key", "rows", "shape")
+
+    def __init__(self, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]):
+        # int32 indices halve the size of the gather/scatter constants; int64 only when needed.
+        itype = np.int32 if max(shape) < 2**31 - 1 else np.int64
+        rows = np.ascontiguousarray(rows, dtype=itype)
+        cols = np.ascontiguousarray(cols, dtype=itype)
+        rows.flags.writeable = False
+        cols.flags.writeable = False
+        self.rows = rows
+        self.cols = cols
+        self.shape = (int(shape[0]), int(shape[1]))
+        h = hashlib.blake2b(digest_size=16)
+        h.update(np.asarray(self.shape, np.int64).tobytes())
+        h.update(rows.astype(np.int64).tobytes())
+        h.update(b"|")
+        h.update(cols.astype(np.int64).tobytes())
+        self.key = h.hexdigest()
+        self._memo: dict = {}
+        self._lock = threading.Lock()
+
+    @property
+    def nnz(self) -> int:
+        return int(self.rows.shape[0])
+
+    def transpose(self) -> SparsityPattern:
+        out = self._memo.get("transpose")
+        if out is None:
+            out = SparsityPattern(self.cols, self.rows, (self.shape[1], self.shape[0]))
+            out._memo["transpose"] = self
+            self._memo["transpose"] = out
+        return out
+
+    def memo(self, name: Any, compute) -> Any:
+        """Compute `compute()` once per pattern instance and keep it (thread-safe)."""
+        try:
+            return self._memo[name]
+        except KeyError:
+            pass
+        with self._lock:
+            if name not in self._memo:
+                self._memo[name] = compute()
+            return self._memo[name]
+
+    @property
+    def rows_sorted(self) -> bool:
+        return self.memo("rows_sorted", lambda: bool(np.all(np.diff(self.rows) >= 0)))
+
+    @property
+    def cols_sorted(self) -> bool:
+        return self.memo("cols_sorted", lambda: bool(np.all(np.diff(self.cols) >= 0)))
+
+    def is_structurally_symmetric(self) -> bool:
+        """Whether `(i, j)` in the pattern implies `(j, i)` in it (explicit zeros count)."""
+
+        def compute():
+            m, n = self.shape
+            if m != n:
+                return False
+            a = np.unique(self.rows.astype(np.int64) * n + self.cols)
+            b = np.unique(self.cols.astype(np.int64) * n + self.rows)
+            return a.shape == b.shape and bool(np.array_equal(a, b))
+
+        return self.memo("structurally_symmetric", compute)
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        return (
+            isinstance(other, SparsityPattern)
+            and self.key == other.key
+            and self.shape == other.shape
+            and np.array_equal(self.rows, other.rows)
+            and np.array_equal(self.cols, other.cols)
+        )
+
+    def __repr__(self) -> str:
+        return f"SparsityPattern(shape={self.shape}, nnz={self.nnz}, key={self.key[:8]})"
+
+
+def _concrete_indices(x: Any, name: str) -> np.ndarray:
+    if isinstance(x, jax.core.Tracer):
+        raise TypeError(
+            f"SparseCOOLinearOperator: `{name}` is a traced JAX value. The sparsity pattern is static "
+            "structure and must be concrete: build the operator outside `jax.jit`/`jax.vmap` (or pass "
+            "NumPy arrays) and pass only the values through the transformation."
+        )
+    if not isinstance(x, (np.ndarray, jax.Array)):
+        raise TypeError(
+            f"SparseCOOLinearOperator: `{name}` must be a NumPy or JAX integer array, got "
+            f"{type(x).__name__}; use e.g. `np.asarray({name})`."
+        )
+    x = np.asarray(x)
+    if x.ndim != 1:
+        raise ValueError(f"SparseCOOLinearOperator: `{name}` must be 1-D, got shape {x.shape}.")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(
+            f"SparseCOOLinearOperator: `{name}` must have an integer dtype, got {x.dtype}; "
+            f"convert with `{name}.astype(np.int32)` if the values are whole numbers."
+        )
+    return x
+
+
+def _check_shape(shape: Any) -> tuple[int, int]:
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+        raise TypeError(f"SparseCOOLinearOperator: `shape` must be a pair (m, n), got {shape!r}.")
+    out = []
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0:
+            raise ValueError(
+                f"SparseCOOLinearOperator: `shape` must hold two non-negative Python ints, got {shape!r}."
+            )
+        out.append(int(s))
+    return out[0], out[1]
+
+
+class SparseCOOLinearOperator(AbstractLinearOperator):
+    """A sparse `(m, n)` matrix in coordinate form: entry `k` is `values[k]` at
+    `(rows[k], cols[k])`. Entries that share a position add up.
+
+    **Arguments:**
+
+    - `values`: a 1-D float or complex array of length `nnz` (NumPy or JAX; may be traced, and is
+      what derivatives are taken with respect to). Integer values are cast to JAX's default float
+      dtype.
+    - `rows`, `cols`: 1-D integer arrays of length `nnz`, the row and column of each value. They are
+      static structure: concrete NumPy or JAX arrays, not traced values.
+    - `shape`: the pair `(m, n)`.
+    - `tags`: structural promises such as `lx.symmetric_tag` or `lx.positive_semidefinite_tag`
+      (square operators only). They are not checked against the values; `lx.SparseLU` uses them to
+      pick a symmetric or definite factorization where its backend has one.
+
+    The operator acts on flat vectors of shape `(n,)`. `mv` and the transpose's `mv` are a gather
+    and a segment sum (O(nnz)); `transpose()` swaps `rows` and `cols` (O(1)); `as_matrix()` forms
+    the dense matrix only when called. Solve with `lx.SparseLU()` (what `lx.AutoLinearSolver` picks
+    for a square sparse operator) or with an iterative solver.
+
+    Also: `SparseCOOLinearOperator.from_scipy(matrix)`, `.from_bcoo(bcoo)`, and `.to_scipy()`.
+
+    ```python
+    import numpy as np, scipy.sparse as sp
+    A = lx.SparseCOOLinearOperator.from_scipy(sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], (5, 5)))
+    x = lx.linear_solve(A, jnp.ones(5)).value          # SparseLU, differentiable in A.values
+    ```
+    """
+
+    values: Inexact[Array, " nnz"]
+    pattern: SparsityPattern = eqx.field(static=True)
+    tags: frozenset = eqx.field(static=True)
+
+    def __init__(self, values: Any, rows: Any, cols: Any = None, shape: Any = None, tags: Any = ()):
+        # `rows` may also be a `SparsityPattern` (then `cols` and `shape` are omitted): how
+        # `transpose` and `conj` rebuild an operator without re-checking and re-hashing the indices.
+        pattern = rows if isinstance(rows, SparsityPattern) else None
+        if pattern is None and (cols is None or shape is None):
+            raise TypeError("SparseCOOLinearOperator needs `values`, `rows`, `cols` and `shape`.")
+        if not isinstance(values, (np.ndarray, jax.Array)):
+            if hasattr(values, "tocoo"):
+                raise TypeError(
+                    "SparseCOOLinearOperator: got a SciPy sparse matrix as `values`; use "
+                    "`lx.SparseCOOLinearOperator.from_scipy(matrix)`."
+                )
+            raise TypeError(
+                f"SparseCOOLinearOperator: `values` must be a NumPy or JAX array, got "
+                f"{type(values).__name__}; use e.g. `jnp.asarray(values)`."
+            )
+        values = _tree.as_inexact_array(values, "values")
+        if values.ndim != 1:
+            raise ValueError(
+                f"SparseCOOLinearOperator: `values` must be 1-D (one value per entry), got shape "
+                f"{values.shape}. To solve with many matrices sharing a pattern, `jax.vmap` over the values."
+            )
+        if pattern is None:
+            m, n = _check_shape(shape)
+            r = _concrete_indices(rows, "rows")
+            c = _concrete_indices(cols, "cols")
+            if not (values.shape[0] == r.shape[0] == c.shape[0]):
+                raise ValueError(
+                    "SparseCOOLinearOperator: `values`, `rows` and `cols` must have the same length, "
+                    f"got {values.shape[0]}, {r.shape[0]} and {c.shape[0]}."
+                )
+            for name, idx, bound in (("rows", r, m), ("cols", c, n)):
+                if idx.size and (idx.min() < 0 or idx.max() >= bound):
+                    bad = idx[(idx < 0) | (idx >= bound)][0]
+                    raise ValueError(
+                        f"SparseCOOLinearOperator: `{name}` holds the index {int(bad)}, outside "
+                        f"[0, {bound}) for shape {(m, n)}. Fix the indices or the shape."
+                    )
+            pattern = SparsityPattern(r, c, (m, n))
+        elif values.shape[0] != pattern.nnz:
+            raise ValueError("SparseCOOLinearOperator: values do not match the pattern's length.")
+        self.values = values
+        self.pattern = pattern
+        m, n = pattern.shape
+        self.tags = check_tags(
+            tags,
+            jax.ShapeDtypeStruct((n,), values.dtype),
+            jax.ShapeDtypeStruct((m,), values.dtype),
+            "SparseCOOLinearOperator",
+        )
+
+    # ---- constructors and conversions ------------------------------------------------------
+
+    @classmethod
+    def from_scipy(cls, matrix: Any, tags: Any = ()) -> SparseCOOLinearOperator:
+        """Build from any SciPy sparse matrix or array (`coo`, `csr`, `csc`, ...). Stored entries,
+        explicit zeros included, become the pattern; duplicates are kept (they add up).
+
+        ```python
+        A = lx.SparseCOOLinearOperator.from_scipy(scipy.sparse.random(50, 50, density=0.1) + 5 * scipy.sparse.eye(50))
+        ```
+        """
+        if not hasattr(matrix, "tocoo"):
+            raise TypeError(
+                f"from_scipy needs a SciPy sparse matrix or array, got {type(matrix).__name__}; "
+                "for a dense array use `scipy.sparse.coo_array(a)` first, or `lx.MatrixLinearOperator`."
+            )
+        coo = matrix.tocoo()
+        return cls(np.asarray(coo.data), coo.row, coo.col, tuple(coo.shape), tags)
+
+    @classmethod
+    def from_bcoo(cls, bcoo: Any, tags: Any = ()) -> SparseCOOLinearOperator:
+        """Build from a 2-D `jax.experimental.sparse.BCOO` without batch or dense dimensions.
+        BCOO's padding entries (indices equal to the shape) are dropped. The indices must be concrete;
+        `bcoo.data` may be traced."""
+        n_batch = getattr(bcoo, "n_batch", None)
+        n_dense = getattr(bcoo, "n_dense", None)
+        if n_batch is None or not hasattr(bcoo, "indices"):
+            raise TypeError(
+                f"from_bcoo needs a `jax.experimental.sparse.BCOO`, got {type(bcoo).__name__}."
+            )
+        if len(bcoo.shape) != 2 or n_batch != 0 or n_dense != 0:
+            raise ValueError(
+                "from_bcoo needs a 2-D BCOO with n_batch=0 and n_dense=0, got shape "
+                f"{bcoo.shape}, n_batch={n_batch}, n_dense={n_dense}."
+            )
+        if isinstance(bcoo.indices, jax.core.Tracer):
+            _concrete_indices(bcoo.indices, "indices")  # raises the explanation
+        indices = np.asarray(bcoo.indices)
+        idx, idx_c = indices[:, 0], indices[:, 1]
+        m, n = int(bcoo.shape[0]), int(bcoo.shape[1])
+        keep = (idx < m) & (idx_c < n)
+        data = bcoo.data
+        if not keep.all():
+            data = data[np.flatnonzero(keep)]
+        return cls(data, idx[keep], idx_c[keep], (m, n), tags)
+
+    def to_scipy(self) -> Any:
+        """Return a `scipy.sparse.coo_array` with the same entries (duplicates kept; `.tocsr()` sums
+        them). Needs concrete values (not inside `jax.jit`)."""
+        import scipy.sparse as sp
+
+        if isinstance(self.values, jax.core.Tracer):
+            raise TypeError("to_scipy needs concrete values; call it outside `jax.jit`/`jax.vmap`.")
+        return sp.coo_array(
+            (np.asarray(self.values), (self.pattern.rows, self.pattern.cols)),
+            shape=self.pattern.shape,
+        )
+
+    # ---- properties --------------------------------------------------------------------------
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.pattern.rows
+
+    @property
+    def cols(self) -> np.ndarray:
+        return self.pattern.cols
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.pattern.shape
+
+    @property
+    def nnz(self) -> int:
+        return self.pattern.nnz
+
+    # ---- the operator interface --------------------------------------------------------------
+
+    def _check_vector(self, vector: Any) -> jax.Array:
+        n = self.pattern.shape[1]
+        if not isinstance(vector, (np.ndarray, jax.Array)) or jnp.ndim(vector) != 1:
+            shape = getattr(vector, "shape", type(vector).__name__)
+            raise ValueError(
+                f"SparseCOOLinearOperator.mv takes a flat vector of shape ({n},), got {shape}. For "
+                "several vectors use `jax.vmap(A.mv)(xs)`."
+            )
+        if vector.shape[0] != n:
+            raise ValueError(
+                f"SparseCOOLinearOperator.mv: expected a vector of shape ({n},), got {vector.shape}."
+            )
+        return jnp.asarray(vector)
+
+    def mv(self, vector):
+        x = self._check_vector(vector)
+        dtype = _tree.common_dtype(self.values.dtype, x.dtype)
+        p = self.pattern
+        # y[i] = sum_k values[k] x[cols[k]] over the k with rows[k] = i: a gather and a segment sum,
+        # O(nnz) work and memory. Its transpose (reverse mode) is again a gather and a segment sum.
+        prod = self.values.astype(dtype) * x.astype(dtype)[p.cols]
+        return jax.ops.segment_sum(
+            prod, p.rows, num_segments=p.shape[0], indices_are_sorted=p.rows_sorted
+        )
+
+    def as_matrix(self):
+        m, n = self.pattern.shape
+        return (
+            jnp.zeros((m, n), self.values.dtype)
+            .at[self.pattern.rows, self.pattern.cols]
+            .add(self.values)
+        )
+
+    def transpose(self):
+        return SparseCOOLinearOperator(
+            self.values, self.pattern.transpose(), tags=transpose_tags(self.tags)
+        )
+
+    def in_structure(self):
+        return jax.ShapeDtypeStruct((self.pattern.shape[1],), self.values.dtype)
+
+    def out_structure(self):
+        return jax.ShapeDtypeStruct((self.pattern.shape[0],), self.values.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator functions
+
+
+register_tagged(SparseCOOLinearOperator)
+materialise.register(SparseCOOLinearOperator)(lambda op: op)
+linearise.register(SparseCOOLinearOperator)(lambda op: op)
+
+
+@diagonal.register(SparseCOOLinearOperator)
+def _(op):
+    # Scatter-add the entries on the diagonal into a length-min(m, n) vector: O(nnz), no n x n.
+    p = op.pattern
+    k = min(p.shape)
+    on_diag = p.memo("diag_idx", lambda: np.flatnonzero(p.rows == p.cols))
+    return jnp.zeros(k, op.values.dtype).at[p.rows[on_diag]].add(op.values[on_diag])
+
+
+@tridiagonal.register(SparseCOOLinearOperator)
+def _(op):
+    p = op.pattern
+    if p.shape[0] != p.shape[1]:
+        raise ValueError("`lx.tridiagonal` needs a square operator.")
+    n = p.shape[0]
+    d = diagonal(op)
+    lo_idx = p.memo("lower_band_idx", lambda: np.flatnonzero(p.rows == p.cols + 1))
+    up_idx = p.memo("upper_band_idx", lambda: np.flatnonzero(p.cols == p.rows + 1))
+    zeros = jnp.zeros(max(n - 1, 0), op.values.dtype)
+    lower = zeros.at[p.cols[lo_idx]].add(op.values[lo_idx])
+    upper = zeros.at[p.rows[up_idx]].add(op.values[up_idx])
+    return d, lower, upper
+
+
+@conj.register(SparseCOOLinearOperator)
+def _(op):
+    if not jnp.issubdtype(op.values.dtype, jnp.complexfloating):
+        return op
+    return SparseCOOLinearOperator(jnp.conj(op.values), op.pattern, tags=op.tags)
+
+
+__all__ = ["SparseCOOLinearOperator", "SparsityPattern"]

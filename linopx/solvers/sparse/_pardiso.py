@@ -1,0 +1,272 @@
+"""MKL PARDISO, called through `ctypes` on the MKL runtime that pypardiso locates (extra `linopx[mkl]`).
+
+We call `pardiso` ourselves rather than through `pypardiso.PyPardisoSolver.solve` for three things
+that wrapper does not offer: the phases separately (analysis, phase 11, once per pattern; numeric
+factorization, phase 22, per values; solve, phase 33), several numeric factorizations of one pattern
+held at once (`maxfct`/`mnum`), and transposed solves (`iparm[11] = 2`, 0-based, i.e. iparm(12) in
+the 1-based numbering of Intel's reference: "solve a transposed system Aᵀx = b based on the
+factorization of the matrix A"). Zero-based indices: `iparm[34] = 1`.
+
+Real float64 only here: float32 is upcast to float64 by the caller (and the result cast back);
+complex matrices are left to SuperLU.
+
+Matrix types (Intel oneMKL PARDISO reference, `mtype`): 11 real unsymmetric, -2 real symmetric
+indefinite, 2 real symmetric positive definite. The symmetric types read the upper triangle of the
+CSR matrix, with every diagonal entry stored.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+import threading
+
+import numpy as np
+
+from ...linops.sparse import SparsityPattern
+from . import _layout
+from ._common import SINGULAR, condition_check
+
+NAME = "pardiso"
+MTYPES = {"general": 11, "symmetric": -2, "spd": 2}
+SLOTS = 8  # numeric factorizations of one pattern kept side by side under one analysis
+_ERROR_ZERO_PIVOT = -4
+
+_lock = threading.Lock()
+_lib = None
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def available() -> bool:
+    try:
+        _library()
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def _library():
+    global _lib
+    with _lock:
+        if _lib is None:
+            import pypardiso  # raises ImportError when the extra is not installed
+
+            # pypardiso's constructor finds and loads `mkl_rt`; we open our own handle to the same
+            # library so that our prototype declaration does not touch pypardiso's.
+            found = pypardiso.PyPardisoSolver().libmkl
+            lib = ctypes.CDLL(found._name)
+            fn = lib.pardiso
+            i32 = ctypes.POINTER(ctypes.c_int32)
+            fn.argtypes = [ctypes.POINTER(ctypes.c_int64)] + [i32] * 5 + [ctypes.c_void_p, i32, i32, i32, i32, i32, i32, ctypes.c_void_p, ctypes.c_void_p, i32]  # fmt: skip
+            fn.restype = None
+            _lib = fn
+        return _lib
+
+
+def factor_dtype(dtype) -> np.dtype:
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise ValueError(
+            "SparseLU(backend='pardiso') supports real matrices only (float32 is upcast to float64); "
+            "for complex matrices use SparseLU(backend='superlu') or backend='auto'."
+        )
+    return np.dtype(np.float64)
+
+
+class _Handle:
+    """One PARDISO instance (`pt`) holding the analysis of one pattern and up to `SLOTS` numeric
+    factorizations of it."""
+
+    def __init__(self, pattern: SparsityPattern, mtype: int):
+        self.fn = _library()
+        self.pattern = pattern
+        self.mtype = mtype
+        self.n = pattern.shape[0]
+        self.layout = _layout.csr(pattern, upper=mtype != 11, diagonal=True)
+        self.pt = np.zeros(64, np.int64)
+        self.iparm = np.zeros(64, np.int32)
+        ip = self.iparm
+        ip[0] = 1  # our settings, not the defaults
+        ip[1] = 2  # METIS nested dissection ordering
+        ip[7] = 0  # iterative refinement: automatic (two steps if pivots were perturbed)
+        # Pivot perturbation threshold 1e-13 (unsymmetric) / 1e-8 (symmetric), Intel's defaults.
+        ip[9] = 13 if mtype == 11 else 8
+        ip[10] = 0 if mtype == 2 else 1  # scaling (not for SPD)
+        ip[12] = 0 if mtype == 2 else 1  # weighted matching (not for SPD)
+        ip[17] = -1  # report the number of nonzeros in the factors
+        ip[34] = 1  # zero-based indices
+        self.lock = threading.Lock()
+        self.free = list(range(1, SLOTS + 1))
+        self.analysed = False
+        self.closed = False
+        self.factor_nnz = 0
+
+    def _call(self, phase: int, mnum: int, data, b=None, x=None, nrhs: int = 1) -> int:
+        i32 = ctypes.c_int32
+        err = i32(0)
+        if b is None:
+            b = x = np.zeros(1)
+        self.fn(
+            self.pt.ctypes.data_as(ctypes.POINTER(ctypes.c_int64)),
+            ctypes.byref(i32(SLOTS)),
+            ctypes.byref(i32(mnum)),
+            ctypes.byref(i32(self.mtype)),
+            ctypes.byref(i32(phase)),
+            ctypes.byref(i32(self.n)),
+            data.ctypes.data if data is not None else None,
+            self.layout.indptr.ctypes.data_as(ctypes.POINTER(i32)),
+            self.layout.indices.ctypes.data_as(ctypes.POINTER(i32)),
+            None,
+            ctypes.byref(i32(nrhs)),
+            self.iparm.ctypes.data_as(ctypes.POINTER(i32)),
+            ctypes.byref(i32(0)),
+            b.ctypes.data,
+            x.ctypes.data,
+            ctypes.byref(err),
+        )
+        return err.value
+
+    def factorize(self, values: np.ndarray):
+        """Return `(factor, nbytes)` with a free slot, or None when all slots are in use."""
+        data = self.layout.data(values, np.float64)
+        with self.lock:
+            if not self.free:
+                return None
+            if not self.analysed:
+                err = self._call(11, 1, data)
+                if err != 0:
+                    raise RuntimeError(f"PARDISO analysis failed with error {err}.")
+                self.analysed = True
+                self.factor_nnz = int(self.iparm[17])
+            slot = self.free.pop()
+            err = self._call(22, slot, data)
+            perturbed = int(self.iparm[13])
+            if err != 0:
+                self._call(0, slot, data)
+                self.free.append(slot)
+                if err == _ERROR_ZERO_PIVOT:  # e.g. an SPD factorization of a non-definite matrix
+                    return SINGULAR, 0
+                raise RuntimeError(f"PARDISO factorization failed with error {err}.")
+        factor = PardisoFactor(self, slot, data)
+        nbytes = max(int(self.iparm[17]), self.factor_nnz) * 12 + 16 * self.n
+        if perturbed > 0:
+            # PARDISO replaced tiny pivots (below 1e-13 ‖A‖ or 1e-8 ‖A‖) instead of failing: the
+            # matrix is numerically singular at that threshold, and the solution would be that of
+            # a nearby matrix.
+            factor.close()
+            return SINGULAR, 0
+        import scipy.sparse as sp
+
+        a = sp.csr_matrix((data, self.layout.indices, self.layout.indptr), shape=self.pattern.shape)
+        if self.mtype != 11:
+            a = a + sp.triu(a, 1).T  # the full symmetric matrix, for the norm only
+        if not condition_check(a, factor, np.float64):
+            factor.close()
+            return SINGULAR, 0
+        return factor, nbytes
+
+    def release(self, slot: int) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            self._call(0, slot, None)  # phase 0: free the factors of matrix number `slot`
+            self.free.append(slot)
+
+    def close(self) -> None:
+        with self.lock:
+            if not self.closed:
+                self._call(-1, 1, None)  # phase -1: free everything of this instance
+                self.closed = True
+
+
+class PardisoFactor:
+    __slots__ = ("_closed", "data", "handle", "slot")
+
+    def __init__(self, handle: _Handle, slot: int, data: np.ndarray):
+        self.handle = handle
+        self.slot = slot
+        self.data = data  # phase 33 reads the matrix again (iterative refinement)
+        self._closed = False
+
+    def solve(self, b: np.ndarray, transposed: bool) -> np.ndarray:
+        h = self.handle
+        vec = b.ndim == 1
+        b2 = np.asfortranarray(b.reshape(b.shape[0], -1), dtype=np.float64)
+        x = np.zeros_like(b2, order="F")
+        with h.lock:
+            # iparm[11]: 0 normal, 2 transposed solve with the factors of A. For the symmetric
+            # types Aᵀ = A, and PARDISO is told nothing.
+            h.iparm[11] = 2 if (transposed and h.mtype == 11) else 0
+            err = h._call(33, self.slot, self.data, b2, x, b2.shape[1])
+            h.iparm[11] = 0
+        if err != 0:
+            raise RuntimeError(f"PARDISO solve failed with error {err}.")
+        return x[:, 0] if vec else np.ascontiguousarray(x)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.handle.release(self.slot)
+
+
+# Handles by (pattern, mtype). A pattern's analysis is reused as long as its handle lives; at most
+# `_MAX_HANDLES` patterns are kept analysed (least recently used first out, once their factors are gone).
+_MAX_HANDLES = 4
+_handles: dict = {}
+_handles_lock = threading.Lock()
+analyses = 0
+
+
+def factorize(pattern: SparsityPattern, values: np.ndarray, dtype, kind: str):
+    global analyses
+    mtype = MTYPES[kind]
+    key = (pattern, mtype)
+    while True:
+        with _handles_lock:
+            handles = _handles.setdefault(key, [])
+            _handles[key] = _handles.pop(key)  # most recently used last
+            fresh = False
+            if not handles or not any(h.free for h in handles):
+                handles.append(_Handle(pattern, mtype))
+                analyses += 1
+                fresh = True
+            handle = next(h for h in handles if h.free)
+            _trim_locked()
+        out = handle.factorize(values)
+        if out is not None:
+            return out
+        if fresh:  # pragma: no cover - a fresh handle always has free slots
+            raise RuntimeError("PARDISO: no free factorization slot.")
+
+
+def _trim_locked() -> None:
+    """Drop the analyses of the least recently used patterns whose factors have all been released."""
+    while len(_handles) > _MAX_HANDLES:
+        for key, hs in _handles.items():
+            if all(len(h.free) == SLOTS for h in hs):
+                for h in hs:
+                    h.close()
+                del _handles[key]
+                break
+        else:
+            return
+
+
+def reset() -> None:
+    """Release every PARDISO instance whose factors are all released (used by `clear_cache`)."""
+    with _handles_lock:
+        for key in list(_handles):
+            hs = _handles[key]
+            keep = []
+            for h in hs:
+                if len(h.free) == SLOTS:
+                    h.close()
+                else:
+                    keep.append(h)
+            if keep:
+                _handles[key] = keep
+            else:
+                del _handles[key]

@@ -1,0 +1,493 @@
+"""Iterative solvers (CG, BiCGStab, GMRES, MINRES, LSQR, LSMR) against dense float64 references.
+
+Tolerances: the solvers run with rtol = 1e-10 (1e-12 for gradients) on matrices of condition
+number at most ~10, so the forward error is at most ~cond * rtol ≈ 1e-9 relative; we check 1e-8.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+from helpers import make_matrix, random_vector
+
+import linopx as lx
+
+RTOL = 1e-10
+CHECK = {"rtol": 1e-8, "atol": 1e-8}
+
+
+def spd(rng, n, dtype=np.float64):
+    return make_matrix(rng, (n, n), dtype, "spd")
+
+
+def nonsymmetric(rng, n, dtype=np.float64):
+    # Singular values of the "general" matrix are in [1, 3], but its eigenvalues surround the
+    # origin, which restarted GMRES handles badly; a shift puts them in the disk |z - 1.5| <= 1.
+    return (make_matrix(rng, (n, n), dtype, "general") / 3 + 1.5 * np.eye(n)).astype(dtype)
+
+
+def indefinite(rng, n):
+    q = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    ev = rng.uniform(1, 3, n) * np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
+    a = (q * ev) @ q.T
+    return (a + a.T) / 2
+
+
+def laplacian_1d(n):
+    def fn(u):
+        p = jnp.pad(u, 1)
+        return 2 * u - p[:-2] - p[2:]
+
+    op = lx.FunctionLinearOperator(
+        fn, jax.ShapeDtypeStruct((n,), jnp.float64), lx.positive_semidefinite_tag
+    )
+    dense = 2 * np.eye(n) - np.eye(n, k=1) - np.eye(n, k=-1)
+    return op, dense
+
+
+def laplacian_2d(n):
+    def fn(u):
+        p = jnp.pad(u, 1)
+        return 4 * u - p[:-2, 1:-1] - p[2:, 1:-1] - p[1:-1, :-2] - p[1:-1, 2:]
+
+    op = lx.FunctionLinearOperator(
+        fn, jax.ShapeDtypeStruct((n, n), jnp.float64), lx.positive_semidefinite_tag
+    )
+    t = 2 * np.eye(n) - np.eye(n, k=1) - np.eye(n, k=-1)
+    dense = np.kron(t, np.eye(n)) + np.kron(np.eye(n), t)
+    return op, dense
+
+
+SQUARE_SOLVERS = {
+    "CG": lambda **kw: lx.CG(rtol=RTOL, atol=0.0, **kw),
+    "BiCGStab": lambda **kw: lx.BiCGStab(rtol=RTOL, atol=0.0, **kw),
+    "GMRES": lambda **kw: lx.GMRES(rtol=RTOL, atol=0.0, restart=8, **kw),
+    "MINRES": lambda **kw: lx.MINRES(rtol=RTOL, atol=0.0, **kw),
+}
+LS_SOLVERS = {
+    "LSQR": lambda **kw: lx.LSQR(rtol=RTOL, atol=0.0, **kw),
+    "LSMR": lambda **kw: lx.LSMR(rtol=RTOL, atol=0.0, **kw),
+}
+ALL = {**SQUARE_SOLVERS, **LS_SOLVERS}
+
+
+def _solve(a, b, solver, tags=(), options=None, throw=True):
+    return lx.linear_solve(
+        lx.MatrixLinearOperator(a, tags), b, solver, options=options, throw=throw
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward solves
+
+
+@pytest.mark.parametrize("name", list(ALL))
+@pytest.mark.parametrize("precondition", [False, True])
+def test_spd_against_dense(rng, name, precondition):
+    # An SPD matrix suits every method (MINRES via the PSD tag); with a Jacobi preconditioner
+    # and a nonzero initial guess.
+    n = 12
+    a, b = spd(rng, n), random_vector(rng, n, np.float64)
+    options = None
+    if precondition:
+        op = lx.MatrixLinearOperator(a, lx.positive_semidefinite_tag)
+        options = {"preconditioner": lx.jacobi_preconditioner(op), "y0": jnp.ones(n)}
+    sol = _solve(a, b, ALL[name](), lx.positive_semidefinite_tag, options)
+    np.testing.assert_allclose(sol.value, np.linalg.solve(a, b), **CHECK)
+    assert sol.result == lx.RESULTS.successful
+    assert int(sol.stats["num_steps"]) >= 1
+    assert float(sol.stats["residual_norm"]) <= RTOL * np.linalg.norm(b) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("name", ["BiCGStab", "GMRES"])
+def test_nonsymmetric(rng, name):
+    n = 15
+    a, b = nonsymmetric(rng, n), random_vector(rng, n, np.float64)
+    sol = _solve(a, b, ALL[name]())
+    np.testing.assert_allclose(sol.value, np.linalg.solve(a, b), **CHECK)
+
+
+def test_minres_indefinite_and_cg_nsd(rng):
+    n = 14
+    a, b = indefinite(rng, n), random_vector(rng, n, np.float64)
+    sol = _solve(a, b, SQUARE_SOLVERS["MINRES"](), lx.symmetric_tag)
+    np.testing.assert_allclose(sol.value, np.linalg.solve(a, b), **CHECK)
+    # CG on a negative definite operator solves (-A) x = -b.
+    nsd = -spd(rng, n)
+    sol = _solve(nsd, b, SQUARE_SOLVERS["CG"](), lx.negative_semidefinite_tag)
+    np.testing.assert_allclose(sol.value, np.linalg.solve(nsd, b), **CHECK)
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_matrix_free_laplacian(rng, dim):
+    # Condition number of the 1D Laplacian of size 30 is ~400, the 2D one of size 8² ~32: 1e-10 *
+    # cond stays below the 1e-7 checked.
+    op, dense = laplacian_1d(30) if dim == 1 else laplacian_2d(8)
+    shape = op.in_structure().shape
+    b = rng.standard_normal(shape)
+    ref = np.linalg.solve(dense, b.reshape(-1)).reshape(shape)
+    for solver in (
+        lx.CG(rtol=RTOL, atol=0.0),
+        lx.GMRES(rtol=RTOL, atol=0.0),
+        lx.MINRES(rtol=RTOL, atol=0.0),
+    ):
+        x = lx.linear_solve(op, jnp.asarray(b), solver).value
+        assert x.shape == shape
+        np.testing.assert_allclose(x, ref, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(LS_SOLVERS))
+@pytest.mark.parametrize("shape", [(20, 8), (8, 20)], ids=["tall", "wide"])
+def test_least_squares(rng, name, shape):
+    a = make_matrix(rng, shape, np.float64)
+    b = random_vector(rng, shape[0], np.float64)
+    sol = _solve(a, b, LS_SOLVERS[name]())
+    np.testing.assert_allclose(sol.value, np.linalg.pinv(a) @ b, **CHECK)
+    ref = (spla.lsqr if name == "LSQR" else spla.lsmr)(a, b, atol=1e-12, btol=1e-12)[0]
+    np.testing.assert_allclose(sol.value, ref, **CHECK)
+
+
+@pytest.mark.parametrize("name", list(LS_SOLVERS))
+def test_rank_deficient_least_squares(rng, name):
+    # From x0 = 0 LSQR/LSMR converge to the minimum-norm least-squares solution pinv(A) b.
+    a = make_matrix(rng, (15, 10), np.float64, "rank_deficient(4)")
+    b = random_vector(rng, 15, np.float64)
+    sol = _solve(a, b, LS_SOLVERS[name]())
+    np.testing.assert_allclose(sol.value, np.linalg.pinv(a) @ b, **CHECK)
+
+
+@pytest.mark.parametrize("name", list(LS_SOLVERS))
+def test_damped(rng, name):
+    a = make_matrix(rng, (14, 9), np.float64)
+    b = random_vector(rng, 14, np.float64)
+    d = 0.8
+    x = _solve(a, b, LS_SOLVERS[name](damp=d)).value
+    closed = np.linalg.solve(a.T @ a + d**2 * np.eye(9), a.T @ b)
+    np.testing.assert_allclose(x, closed, **CHECK)
+    scipy_fn = spla.lsqr if name == "LSQR" else spla.lsmr
+    np.testing.assert_allclose(x, scipy_fn(a, b, damp=d, atol=1e-12, btol=1e-12)[0], **CHECK)
+
+
+@pytest.mark.parametrize("name", ["CG", "GMRES", "LSQR", "BiCGStab"])
+def test_complex(rng, name):
+    n = 10
+    b = random_vector(rng, n, np.complex128)
+    if name == "CG":
+        a, tags = spd(rng, n, np.complex128), lx.positive_semidefinite_tag
+    else:
+        a, tags = nonsymmetric(rng, n, np.complex128), ()
+    sol = _solve(a, b, ALL[name](), tags)
+    np.testing.assert_allclose(sol.value, np.linalg.solve(a, b), **CHECK)
+    # A real operator with a complex right-hand side.
+    ar = spd(rng, n)
+    x = _solve(ar, b, ALL[name](), lx.positive_semidefinite_tag).value
+    np.testing.assert_allclose(x, np.linalg.solve(ar, b), **CHECK)
+
+
+def test_float32(rng):
+    n = 10
+    a = spd(rng, n, np.float32)
+    b = random_vector(rng, n, np.float32)
+    x = _solve(a, b, lx.CG(rtol=1e-5, atol=0.0), lx.positive_semidefinite_tag).value
+    assert x.dtype == jnp.float32
+    np.testing.assert_allclose(x, np.linalg.solve(a.astype(np.float64), b), rtol=1e-4, atol=1e-4)
+
+
+def test_pytree_vectors(rng):
+    # A dict-in, dict-out operator (same structure): vectors stay pytrees; and a dict -> tuple
+    # operator (different structures) for the least-squares solvers.
+    n = 8
+    a = spd(rng, n)
+    s = {"p": jax.ShapeDtypeStruct((3,), jnp.float64), "q": jax.ShapeDtypeStruct((5,), jnp.float64)}
+
+    def fn(v):
+        y = jnp.asarray(a) @ jnp.concatenate([v["p"], v["q"]])
+        return {"p": y[:3], "q": y[3:]}
+
+    op = lx.FunctionLinearOperator(fn, s, lx.positive_semidefinite_tag)
+    b = random_vector(rng, n, np.float64)
+    ref = np.linalg.solve(a, b)
+    for solver in (SQUARE_SOLVERS["CG"](), SQUARE_SOLVERS["GMRES"](), LS_SOLVERS["LSMR"]()):
+        x = lx.linear_solve(op, {"p": b[:3], "q": b[3:]}, solver).value
+        np.testing.assert_allclose(np.concatenate([x["p"], x["q"]]), ref, **CHECK)
+    tall = make_matrix(rng, (10, n), np.float64)
+
+    def fn2(v):
+        y = jnp.asarray(tall) @ jnp.concatenate([v["p"], v["q"]])
+        return (y[:4], y[4:])
+
+    op2 = lx.FunctionLinearOperator(fn2, s)
+    b2 = random_vector(rng, 10, np.float64)
+    x = lx.linear_solve(op2, (b2[:4], b2[4:]), LS_SOLVERS["LSQR"]()).value
+    np.testing.assert_allclose(np.concatenate([x["p"], x["q"]]), np.linalg.pinv(tall) @ b2, **CHECK)
+
+
+# ---------------------------------------------------------------------------------------------
+# Derivatives
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_grad_square(rng, name):
+    n = 8
+    a = spd(rng, n)
+    b = random_vector(rng, n, np.float64)
+    solver = ALL[name]()
+
+    def loss(a, b):
+        op = lx.MatrixLinearOperator(a, lx.positive_semidefinite_tag)
+        x = lx.linear_solve(op, b, eqx_replace_rtol(solver, 1e-12)).value
+        return jnp.sum(jnp.sin(x))
+
+    def ref(a, b):
+        return jnp.sum(jnp.sin(jnp.linalg.solve(a, b)))
+
+    g = jax.grad(loss, argnums=(0, 1))(a, b)
+    gr = jax.grad(ref, argnums=(0, 1))(a, b)
+    for x, y in zip(g, gr):
+        np.testing.assert_allclose(x, y, **CHECK)
+
+
+def eqx_replace_rtol(solver, rtol):
+    import equinox as eqx
+
+    return eqx.tree_at(lambda s: s.rtol, solver, rtol)
+
+
+@pytest.mark.parametrize("name", list(LS_SOLVERS))
+def test_grad_least_squares(rng, name):
+    # Rank-deficient and tall: every term of the pseudoinverse derivative is exercised.
+    a = make_matrix(rng, (9, 6), np.float64, "rank_deficient(4)")
+    b = random_vector(rng, 9, np.float64)
+    solver = eqx_replace_rtol(LS_SOLVERS[name](), 1e-13)
+
+    def loss(a, b):
+        return jnp.sum(jnp.sin(lx.linear_solve(lx.MatrixLinearOperator(a), b, solver).value))
+
+    def ref(a, b):
+        return jnp.sum(jnp.sin(jnp.linalg.pinv(a) @ b))
+
+    g = jax.grad(loss, argnums=(0, 1))(a, b)
+    gr = jax.grad(ref, argnums=(0, 1))(a, b)
+    for x, y in zip(g, gr):
+        np.testing.assert_allclose(x, y, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", list(LS_SOLVERS))
+def test_grad_damped(rng, name):
+    a = make_matrix(rng, (10, 6), np.float64)
+    b = random_vector(rng, 10, np.float64)
+
+    def loss(a, b, d):
+        solver = eqx_replace_rtol(LS_SOLVERS[name](damp=d), 1e-13)
+        return jnp.sum(jnp.sin(lx.linear_solve(lx.MatrixLinearOperator(a), b, solver).value))
+
+    def ref(a, b, d):
+        return jnp.sum(jnp.sin(jnp.linalg.solve(a.T @ a + d**2 * jnp.eye(6), a.T @ b)))
+
+    g = jax.grad(loss, argnums=(0, 1, 2))(a, b, 0.7)
+    gr = jax.grad(ref, argnums=(0, 1, 2))(a, b, 0.7)
+    for x, y in zip(g, gr):
+        np.testing.assert_allclose(x, y, **CHECK)
+
+
+def test_jvp_against_finite_differences(rng):
+    n = 8
+    a = nonsymmetric(rng, n)
+    b = random_vector(rng, n, np.float64)
+    da = rng.standard_normal((n, n))
+    solver = lx.GMRES(rtol=1e-13, atol=0.0)
+
+    def f(a):
+        return lx.linear_solve(lx.MatrixLinearOperator(a), b, solver).value
+
+    _, t = jax.jvp(f, (a,), (da,))
+    eps = 1e-6
+    fd = (f(a + eps * da) - f(a - eps * da)) / (2 * eps)
+    # Central differences: O(eps²) truncation plus O(1e-13 / eps) solve noise, ~1e-7.
+    np.testing.assert_allclose(t, fd, rtol=1e-6, atol=1e-6)
+
+
+def test_transposed_options_are_used(rng):
+    # Reverse mode solves with Aᵀ: the preconditioner must be transposed (and still work).
+    n = 10
+    a = nonsymmetric(rng, n)
+    b = random_vector(rng, n, np.float64)
+    m = lx.MatrixLinearOperator(np.linalg.inv(a) + 0.01 * rng.standard_normal((n, n)))
+    solver = lx.GMRES(rtol=1e-12, atol=0.0)
+    state = solver.init(lx.MatrixLinearOperator(a), {"preconditioner": m, "y0": jnp.ones(n)})
+    _, options_t = solver.transpose(state, {"preconditioner": m, "y0": jnp.ones(n)})
+    np.testing.assert_allclose(options_t["preconditioner"].as_matrix(), m.as_matrix().T)
+    assert "y0" in options_t
+
+    def loss(b):
+        return jnp.sum(
+            lx.linear_solve(
+                lx.MatrixLinearOperator(a), b, solver, options={"preconditioner": m}
+            ).value
+        )
+
+    np.testing.assert_allclose(jax.grad(loss)(b), np.linalg.solve(a.T, np.ones(n)), **CHECK)
+    # A tall LSQR: y0 (size n) does not fit the transposed problem (size m) and is dropped.
+    ls = lx.LSQR(rtol=RTOL, atol=0.0)
+    tall = lx.MatrixLinearOperator(make_matrix(rng, (6, 4), np.float64))
+    st = ls.init(tall, {})
+    _, opt_t = ls.transpose(
+        st,
+        {
+            "y0": jnp.ones(4),
+            "preconditioner": lx.IdentityLinearOperator(jax.ShapeDtypeStruct((4,), jnp.float64)),
+        },
+    )
+    assert "y0" not in opt_t and "preconditioner" not in opt_t
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching
+
+
+def test_vmap_each_member_judged_alone(rng):
+    # One right-hand side is the zero vector (converges at once), one needs many steps, one is
+    # limited by a tiny max_steps: results are per member.
+    n = 12
+    a = laplacian_1d(n)[1] + 0.01 * np.eye(n)
+    bs = np.stack([np.zeros(n), random_vector(rng, n, np.float64), np.eye(n)[0]])
+    solver = lx.CG(rtol=RTOL, atol=0.0, max_steps=n)
+    op = lx.MatrixLinearOperator(a, lx.positive_semidefinite_tag)
+    sols = jax.jit(jax.vmap(lambda b: lx.linear_solve(op, b, solver, throw=False)))(bs)
+    np.testing.assert_allclose(sols.value, np.linalg.solve(a, bs.T).T, **CHECK)
+    assert bool(jnp.all(sols.result == lx.RESULTS.successful))
+    steps = np.asarray(sols.stats["num_steps"])
+    assert steps[0] == 0 and steps[1] > 1
+    # Now a second member that cannot converge in 2 steps next to one that converges in 1.
+    mats = np.stack([np.eye(n) * 2.0, a])
+    f = jax.vmap(
+        lambda m, b: lx.linear_solve(
+            lx.MatrixLinearOperator(m, lx.positive_semidefinite_tag),
+            b,
+            lx.CG(rtol=RTOL, atol=0.0, max_steps=2),
+            throw=False,
+        )
+    )
+    sols = f(mats, bs[1:])
+    ok = np.asarray(sols.result == lx.RESULTS.successful)
+    maxed = np.asarray(sols.result == lx.RESULTS.max_steps_reached)
+    assert ok.tolist() == [True, False] and maxed.tolist() == [False, True]
+    np.testing.assert_allclose(sols.value[0], bs[1] / 2, **CHECK)
+    assert np.asarray(sols.stats["num_steps"]).tolist() == [1, 2]
+
+
+def test_vmap_over_operator_least_squares(rng):
+    mats = np.stack([make_matrix(rng, (9, 5), np.float64) for _ in range(3)])
+    b = random_vector(rng, 9, np.float64)
+    f = jax.vmap(
+        lambda m: lx.linear_solve(lx.MatrixLinearOperator(m), b, LS_SOLVERS["LSMR"]()).value
+    )
+    np.testing.assert_allclose(f(mats), np.stack([np.linalg.pinv(m) @ b for m in mats]), **CHECK)
+
+
+# ---------------------------------------------------------------------------------------------
+# Failures and invariants
+
+
+@pytest.mark.parametrize("name", list(ALL))
+def test_max_steps(rng, name):
+    n = 20
+    a = spd(rng, n) if name not in LS_SOLVERS else make_matrix(rng, (25, n), np.float64)
+    b = random_vector(rng, a.shape[0], np.float64)
+    solver = eqx_replace_rtol(ALL[name](max_steps=2), 1e-14)
+    tags = lx.positive_semidefinite_tag if name not in LS_SOLVERS else ()
+    sol = _solve(a, b, solver, tags, throw=False)
+    assert sol.result == lx.RESULTS.max_steps_reached
+    assert int(sol.stats["num_steps"]) == 2
+    with pytest.raises(Exception, match="did not reach its tolerance"):
+        _solve(a, b, solver, tags, throw=True).value.block_until_ready()
+
+
+def test_never_successful_above_tolerance(rng):
+    # Ask for more than float32 can give: the answer must not be "successful" with a residual
+    # above the tolerance, whatever the solver reports instead.
+    n = 30
+    a = make_matrix(rng, (n, n), np.float32, "spd")
+    b = random_vector(rng, n, np.float32)
+    for solver in (
+        lx.CG(rtol=1e-12, atol=0.0),
+        lx.GMRES(rtol=1e-12, atol=0.0),
+        lx.BiCGStab(rtol=1e-12, atol=0.0),
+    ):
+        sol = _solve(a, b, solver, lx.positive_semidefinite_tag, throw=False)
+        r = np.linalg.norm(
+            b.astype(np.float64) - a.astype(np.float64) @ np.asarray(sol.value, np.float64)
+        )
+        ok = sol.result == lx.RESULTS.successful
+        assert (not ok) or r <= 1e-12 * np.linalg.norm(b) * 10
+        assert sol.result != lx.RESULTS.successful or float(
+            sol.stats["residual_norm"]
+        ) <= 1e-12 * np.linalg.norm(b)
+
+
+def test_breakdown(rng):
+    # CG on a PSD-tagged operator that is indefinite: pᵀAp < 0 at the first step for b = e_1.
+    a = np.diag([-1.0, 2.0, 3.0])
+    sol = _solve(
+        a,
+        np.array([1.0, 0.0, 0.0]),
+        lx.CG(rtol=RTOL, atol=0.0),
+        lx.positive_semidefinite_tag,
+        throw=False,
+    )
+    assert sol.result == lx.RESULTS.breakdown
+    # BiCGStab: A = [[0, 1], [1, 0]], b = e_1: r̂ᴴ A r = 0 at the first step.
+    sol = _solve(
+        np.array([[0.0, 1.0], [1.0, 0.0]]),
+        np.array([1.0, 0.0]),
+        lx.BiCGStab(rtol=RTOL, atol=0.0),
+        throw=False,
+    )
+    assert sol.result == lx.RESULTS.breakdown
+
+
+def test_bad_input():
+    a = lx.MatrixLinearOperator(np.eye(3))
+    with pytest.raises(ValueError, match="positive_semidefinite_tag"):
+        lx.linear_solve(a, jnp.ones(3), lx.CG(rtol=1e-6, atol=1e-6))
+    with pytest.raises(ValueError, match="symmetric"):
+        lx.linear_solve(
+            lx.MatrixLinearOperator(np.triu(np.ones((3, 3)))),
+            jnp.ones(3),
+            lx.MINRES(rtol=1e-6, atol=0.0),
+        )
+    with pytest.raises(ValueError, match="rtol"):
+        lx.CG(rtol=-1.0, atol=0.0)
+    with pytest.raises(ValueError, match="atol"):
+        lx.GMRES(rtol=0.0, atol=-1e-3)
+    with pytest.raises(ValueError, match="max_steps"):
+        lx.BiCGStab(rtol=1e-6, atol=0.0, max_steps=0)
+    with pytest.raises(ValueError, match="restart"):
+        lx.GMRES(rtol=1e-6, atol=0.0, restart=0)
+    with pytest.raises(ValueError, match="damp"):
+        lx.LSQR(rtol=1e-6, atol=0.0, damp=-1.0)
+    with pytest.raises(ValueError, match="square"):
+        lx.linear_solve(
+            lx.MatrixLinearOperator(np.ones((3, 2))), jnp.ones(3), lx.GMRES(rtol=1e-6, atol=0.0)
+        )
+    with pytest.raises(ValueError, match="y0"):
+        lx.linear_solve(a, jnp.ones(3), lx.GMRES(rtol=1e-6, atol=0.0), options={"y0": jnp.ones(4)})
+    with pytest.raises(ValueError, match="zero or non-finite"):
+        lx.jacobi_preconditioner(lx.MatrixLinearOperator(np.diag([1.0, 0.0])))
+
+
+def test_jacobi_preconditioner(rng):
+    a = spd(rng, 6)
+    m = lx.jacobi_preconditioner(lx.MatrixLinearOperator(a, lx.positive_semidefinite_tag))
+    np.testing.assert_allclose(m.as_matrix(), np.diag(1 / np.diag(a)))
+    assert lx.is_positive_semidefinite(m)
+    mn = lx.jacobi_preconditioner(lx.MatrixLinearOperator(-a, lx.negative_semidefinite_tag))
+    assert lx.is_negative_semidefinite(mn)
+    # A matrix-free diagonal-tagged operator: one mv.
+    d = lx.FunctionLinearOperator(
+        lambda v: 3.0 * v, jax.ShapeDtypeStruct((4,), jnp.float64), lx.diagonal_tag
+    )
+    np.testing.assert_allclose(lx.jacobi_preconditioner(d).as_matrix(), np.eye(4) / 3)
