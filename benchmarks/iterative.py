@@ -75,7 +75,7 @@ def cg_case(n, rtol, repeats, compile_repeats):
     run = interleaved({k: (lambda f=f: f(b)) for k, f in fns.items()}, repeats)
     comp = {k: compile_time(m, (b,), compile_repeats) for k, m in makers.items()}
     notes = {"steps": int(stats["num_steps"]), "rel_diff_vs_jax": f"{diff:.1e}"}
-    size = f"n={n}²"
+    size = f"{n}^2"
     return [row("CG Poisson run", size, run, **notes), row("CG Poisson compile", size, comp)]
 
 
@@ -120,14 +120,20 @@ def gmres_case(n, rtol, repeats, compile_repeats):
     return [row("GMRES dense run", size, run, **notes), row("GMRES dense compile", size, comp)]
 
 
-def run(quick: bool = False) -> list[dict]:
+def cases(quick: bool = False) -> list[tuple[str, object]]:
+    """The suite as `(label, thunk)` pairs; each thunk returns a list of rows."""
     repeats = 5 if quick else 20
     compile_repeats = 3 if quick else 5
-    rows = []
+    out = []
     for n in [64] if quick else [128, 512]:
-        rows += cg_case(n, 1e-6, repeats, compile_repeats)
-    rows += gmres_case(200 if quick else 500, 1e-8, repeats, compile_repeats)
-    return rows
+        out.append((f"CG Poisson {n}²", lambda n=n: cg_case(n, 1e-6, repeats, compile_repeats)))
+    m = 200 if quick else 500
+    out.append((f"GMRES n={m}", lambda: gmres_case(m, 1e-8, repeats, compile_repeats)))
+    return out
+
+
+def run(quick: bool = False) -> list[dict]:
+    return [r for _, thunk in cases(quick) for r in thunk()]
 
 
 def main() -> None:

@@ -223,32 +223,70 @@ def _fmt(t):
     return f"{t * 1e3:.0f} ms" if t < 10 else f"{t:.1f} s"
 
 
+def measure(problem: str, repeats: int) -> list[dict]:
+    """Every method on one problem, each in its own subprocess."""
+    results = []
+    for method in METHODS:
+        if (problem, method) in SKIP:
+            continue
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", problem, method, str(repeats)]
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+        if proc.returncode != 0 or not lines:
+            err = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            results.append({"problem": problem, "method": method, "note": f"failed: {err[:90]}"})
+            continue
+        results.append(json.loads(lines[-1]))
+    return results
+
+
 def run(quick: bool = False) -> list[dict]:
     problems = QUICK if quick else list(PROBLEMS)
     repeats = 3 if quick else 5
-    results = []
-    for problem in problems:
-        for method in METHODS:
-            if (problem, method) in SKIP:
+    return [r for problem in problems for r in measure(problem, repeats)]
+
+
+def report_rows(results: list[dict]) -> list[dict]:
+    """The results as rows of the benchmark report (`benchmarks/_timing.row`): per problem and
+    linopx backend, the forward against the same factorizer called directly, klujax and jax's
+    spsolve, and the gradient against klujax's; notes carry grad/forward, factorizations per
+    gradient and peak memory."""
+    from benchmarks._timing import row
+
+    out = []
+    by = {(r["problem"], r["method"]): r for r in results}
+    for problem, (kind, k) in PROBLEMS.items():
+        size = f"{k}^{2 if kind == '2d' else 3}"
+        for backend, direct in (("superlu", "splu"), ("pardiso", "pypardiso")):
+            mine = by.get((problem, f"linopx-{backend}"), {})
+            if "forward" not in mine:
                 continue
-            cmd = [
-                sys.executable,
-                os.path.abspath(__file__),
-                "--child",
-                problem,
-                method,
-                str(repeats),
-            ]
-            proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            if proc.returncode != 0 or not lines:
-                err = (proc.stderr.strip().splitlines() or ["?"])[-1]
-                results.append(
-                    {"problem": problem, "method": method, "note": f"failed: {err[:90]}"}
-                )
-                continue
-            results.append(json.loads(lines[-1]))
-    return results
+            fwd = {"linopx": mine["forward"]}
+            for name in (direct, "klujax", "jax-spsolve"):
+                if "forward" in by.get((problem, name), {}):
+                    fwd[name] = by[(problem, name)]["forward"]
+            notes = {"peak MiB": f"{mine.get('peak MiB', float('nan')):.0f}"}
+            case = f"{kind.upper()} Poisson, {backend}"
+            out.append(row(f"{case}: forward", size, fwd, **notes))
+            if "grad" in mine:
+                grad = {"linopx": mine["grad"]}
+                if "grad" in by.get((problem, "klujax"), {}):
+                    grad["klujax"] = by[(problem, "klujax")]["grad"]
+                notes = {
+                    "grad/forward": f"{mine['grad'] / mine['forward']:.2f}",
+                    "factorizations per grad": f"{mine.get('factorizations per grad', float('nan')):.1f}",
+                }
+                out.append(row(f"{case}: grad", size, grad, **notes))
+    return out
+
+
+def cases(quick: bool = False) -> list[tuple[str, object]]:
+    """The suite as `(label, thunk)` pairs for `python -m benchmarks`."""
+    repeats = 3 if quick else 5
+    return [
+        (problem, lambda problem=problem: report_rows(measure(problem, repeats)))
+        for problem in (QUICK if quick else list(PROBLEMS))
+    ]
 
 
 def table(results: list[dict]) -> list[dict]:
