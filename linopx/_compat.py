@@ -29,3 +29,15 @@ def geqp3(a: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     jpvt = jnp.zeros(a.shape[-1:], jnp.int32)
     r, perm, taus = _geqp3(jax.lax.stop_gradient(a), jpvt)
     return r, perm - 1, taus
+
+
+# Equinox exposes an enumeration item's comparison (`item == RESULTS.x`) but not its integer index
+# or the message of an index, which the host-side error check needs (`autodiff/_checks.py`).
+def enum_index(item) -> jax.Array:
+    """The integer index of an `eqx.Enumeration` item (an int32 array under `jit`)."""
+    return item._value
+
+
+def enum_message(enumeration, index: int) -> str:
+    """The message of the `index`-th member of an `eqx.Enumeration` class."""
+    return enumeration._index_to_message[index]

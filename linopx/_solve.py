@@ -10,7 +10,8 @@ import jax.numpy as jnp
 from jaxtyping import PyTree
 
 from . import _tree
-from ._solution import RESULTS, Solution
+from ._solution import Solution
+from .autodiff._checks import classify, raise_if_failed
 from .autodiff.primitive import bind_solve
 from .linops.base import AbstractLinearOperator
 from .solvers._damped import is_damped, undamp
@@ -126,9 +127,17 @@ def linear_solve(
         state = solver.init(_stop_gradient(operator), options)
     else:
         state = _stop_gradient(state)
-    value, result, stats = bind_solve(operator, state, vector, options, solver, throw, check=False)
+    value, result, solver_result, stats = bind_solve(
+        operator, state, vector, options, solver, throw, check=False
+    )
+    operator_leaves = jax.tree_util.tree_leaves(eqx.filter(operator, eqx.is_array))
+    vector_leaves = jax.tree_util.tree_leaves(vector)
     if throw:
-        value = result.error_if(value, result != RESULTS.successful)
+        # Raises (on the host, with the diagnosis) if the solve failed; a returned solve succeeded.
+        value = raise_if_failed(value, result, solver_result, operator_leaves, vector_leaves)
+    else:
+        # Compiled in, and dropped again by XLA if the caller never reads `result`.
+        result = classify(result, solver_result, operator_leaves, vector_leaves)
     return Solution(value=value, result=result, stats=stats, state=state)
 
 

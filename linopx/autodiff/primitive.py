@@ -28,6 +28,7 @@ from jax.interpreters import ad, batching, mlir
 from .. import _tree
 from .._solution import RESULTS
 from ..linops.functions import conj as conj_operator
+from ._checks import raise_if_failed
 
 # ---------------------------------------------------------------------------------------------
 # Static (non-array) parameters
@@ -116,32 +117,23 @@ def _split(operator, state, vector, options, solver) -> tuple[list, _Static]:
 
 
 def _compute_unbatched(leaves, static: _Static, check: bool = False):
+    """One (unbatched) solve. Returns `(value, (result, solver_result), stats)`: `solver_result` is
+    the solver's own verdict, `result` adds `singular` for a non-finite solution. Why a failure
+    happened (e.g. non-finite inputs) is worked out only where it is looked at; see `_checks.py`."""
     operator, state, vector, options, solver = static.combine(leaves)
-    value, result, stats = solver.compute(state, vector, options)
-    # A non-finite solution from finite inputs means the system is (numerically) singular; non-finite
-    # inputs are reported as such whatever the solver said.
-    s_op, _, s_vec, _, _ = static.slices()
-    # A failure the solver itself detected (e.g. a zero pivot) takes precedence over a non-finite
-    # right-hand side: in a derivative solve the right-hand side holds the primal solution, which is
-    # not finite exactly when the primal system was singular.
-    # Few reductions on purpose: each one is a separate kernel for XLA to compile, and these checks
-    # are in every solve. The vector's and the solution's flags come out of one OR-reduction.
-    operator_ok = _tree.tree_all_finite(list(leaves[s_op]))
-    vector_ok, value_ok = _tree.tree_finite_flags(list(leaves[s_vec]), value)
-    solver_ok = result == RESULTS.successful
+    value, solver_result, stats = solver.compute(state, vector, options)
+    value_ok = _tree.tree_all_finite(value)
     result = RESULTS.where(
-        solver_ok & jnp.logical_not(value_ok) & vector_ok, RESULTS.singular, result
-    )
-    result = RESULTS.where(
-        jnp.logical_not(operator_ok) | (jnp.logical_not(vector_ok) & solver_ok),
-        RESULTS.nonfinite_input,
-        result,
+        (solver_result == RESULTS.successful) & jnp.logical_not(value_ok),
+        RESULTS.singular,
+        solver_result,
     )
     if check:
         # Raised from inside the primitive for the solves that derivatives make, so that the check
         # never has to be differentiated or transposed itself.
-        value = result.error_if(value, result != RESULTS.successful)
-    return value, result, stats
+        s_op, _, s_vec, _, _ = static.slices()
+        value = raise_if_failed(value, result, solver_result, leaves[s_op], leaves[s_vec])
+    return value, (result, solver_result), stats
 
 
 def _flat_outputs(value, result, stats):
@@ -210,7 +202,7 @@ mlir.register_lowering(linear_solve_p, mlir.lower_fun(_impl, multiple_results=Tr
 
 
 def bind_solve(operator, state, vector, options, solver, throw: bool, check: bool | None = None):
-    """Solve through the primitive. Returns `(value, result, stats)`.
+    """Solve through the primitive. Returns `(value, result, solver_result, stats)`.
 
     `throw` says whether the solves that derivatives make raise on failure; `check` (default:
     `throw`) whether this solve raises itself, at run time, with the `RESULTS` message.
@@ -222,8 +214,8 @@ def bind_solve(operator, state, vector, options, solver, throw: bool, check: boo
     avals = tuple(jax.core.ShapedArray(jnp.shape(x), jnp.result_type(x)) for x in leaves)
     treedef, _ = _out_info(static, avals, ())
     out = linear_solve_p.bind(*leaves, static=static, batch=(), throw=throw, check=check)
-    value, result, stats = jax.tree_util.tree_unflatten(treedef, out)
-    return value, result, stats
+    value, (result, solver_result), stats = jax.tree_util.tree_unflatten(treedef, out)
+    return value, result, solver_result, stats
 
 
 def _solve_value(operator, state, vector, options, solver, throw):

@@ -53,8 +53,27 @@ def pivot_result(pivots: jax.Array) -> Any:
     if a.size == 0:
         return RESULTS.successful
     eps = jnp.finfo(a.dtype).eps
-    ok = jnp.min(a) > 32 * eps * jnp.max(a)
+    # The largest and (minus) the smallest magnitude in one reduction: this check is compiled into
+    # every solve, and each reduction is a kernel XLA has to build.
+    largest, neg_smallest = jnp.max(jnp.stack([a, -a]), axis=1)
+    ok = -neg_smallest > 32 * eps * largest
     return RESULTS.where(ok, RESULTS.successful, RESULTS.singular)
+
+
+def matrix_diagonal(matrix: jax.Array) -> jax.Array:
+    """The diagonal of a square matrix as a strided slice of its flattening (cheaper to compile
+    than `jnp.diagonal`, which lowers to a gather)."""
+    n = matrix.shape[0]
+    return matrix.reshape(-1)[:: n + 1]
+
+
+def finite_factor_result(*arrays: jax.Array) -> Any:
+    """`RESULTS.nonfinite_input` unless every entry of `arrays` (a solver's factors or stored
+    diagonals) is finite. For solvers where an infinite entry can still give a finite solution
+    (`x = b / inf = 0`), so that the solution's own finiteness check would not catch it."""
+    return RESULTS.where(
+        _tree.tree_all_finite(list(arrays)), RESULTS.successful, RESULTS.nonfinite_input
+    )
 
 
 def matrix_dtype(operator: AbstractLinearOperator):

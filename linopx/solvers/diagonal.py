@@ -6,9 +6,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._solution import RESULTS
 from ..linops.functions import diagonal, is_diagonal
-from ._misc import check_square, rhs, solution_structure, structures, swap, unflat
+from ._misc import (
+    check_square,
+    finite_factor_result,
+    rhs,
+    solution_structure,
+    structures,
+    swap,
+    unflat,
+)
 from .base import AbstractLinearSolver
 
 
@@ -57,7 +64,7 @@ class Diagonal(AbstractLinearSolver):
                 rcond = jnp.finfo(d.dtype).eps * d.shape[0]
             tiny = jnp.abs(d) <= rcond * jnp.max(jnp.abs(d), initial=0.0)
             x = jnp.where(tiny, 0, b / jnp.where(tiny, 1, d))
-        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+        return unflat(x, solution_structure(state.structs)), finite_factor_result(d), {}
 
     def transpose(self, state, options):
         return _DiagonalState(state.diagonal, swap(state.structs)), options

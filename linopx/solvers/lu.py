@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from jax.lax.linalg import lu as lax_lu, triangular_solve
 
-from ._misc import check_square, pivot_result, rhs, solution_structure, structures, swap, unflat
+from ._misc import check_square, matrix_diagonal, pivot_result, rhs, solution_structure, structures, swap, unflat
 from .base import AbstractLinearSolver
 
 
@@ -55,7 +55,7 @@ class LU(AbstractLinearSolver):
     def compute(self, state: _LUState, vector, options):
         b = rhs(vector, state.lu.dtype)
         x = lu_solve(state.lu.astype(b.dtype), state.perm, b, state.transposed)
-        result = pivot_result(jnp.diagonal(state.lu))
+        result = pivot_result(matrix_diagonal(state.lu))
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _LUState, options):

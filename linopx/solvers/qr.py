@@ -11,8 +11,16 @@ import jax.numpy as jnp
 from jax.lax.linalg import ormqr, triangular_solve
 
 from .._compat import geqp3, geqrf
-from .._solution import RESULTS
-from ._misc import pivot_result, rhs, solution_structure, structures, swap, unflat
+from ._misc import (
+    finite_factor_result,
+    matrix_diagonal,
+    pivot_result,
+    rhs,
+    solution_structure,
+    structures,
+    swap,
+    unflat,
+)
 from .base import AbstractLinearSolver
 
 
@@ -79,7 +87,7 @@ class QR(AbstractLinearSolver):
             )[:, 0]
             x = _apply_q(h, taus, _pad(y, p), adjoint=False)
         # QR assumes full rank (use PivotedQR or SVD otherwise): report a rank-deficient R.
-        result = pivot_result(jnp.diagonal(r))
+        result = pivot_result(matrix_diagonal(r))
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _QRState, options):
@@ -163,7 +171,9 @@ class PivotedQR(AbstractLinearSolver):
             c = jnp.where(mask, _apply_q_conj(h2, taus2, b[state.perm], adjoint=True)[:k], 0)
             w = triangular_solve(jnp.conj(t), c[:, None], left_side=True, lower=False)[:, 0]
             x = _apply_q_conj(h1, taus1, _pad(w, m), adjoint=False)
-        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+        # An infinite entry of A can leave x finite (its column is cut off); R's diagonal shows it.
+        result = finite_factor_result(matrix_diagonal(h1[:k, :k]))
+        return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _PivotedQRState, options):
         return _flip(state), options

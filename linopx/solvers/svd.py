@@ -6,8 +6,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._solution import RESULTS
-from ._misc import rhs, solution_structure, structures, swap, unflat
+from ._misc import finite_factor_result, rhs, solution_structure, structures, swap, unflat
 from .base import AbstractLinearSolver
 
 
@@ -49,7 +48,8 @@ class SVD(AbstractLinearSolver):
         big = s > rcond * jnp.max(s, initial=0.0)
         s_inv = jnp.where(big, 1 / jnp.where(big, s, 1), 0).astype(b.dtype)
         x = jnp.conj(vh).T @ (s_inv * (jnp.conj(u).T @ b))
-        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+        # An infinite entry of A can leave x finite (its column is cut off); the spectrum shows it.
+        return unflat(x, solution_structure(state.structs)), finite_factor_result(s), {}
 
     def transpose(self, state: _SVDState, options):
         # Aᵀ = vhᵀ S uᵀ.

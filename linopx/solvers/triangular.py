@@ -7,9 +7,16 @@ import jax
 import jax.numpy as jnp
 from jax.lax.linalg import triangular_solve
 
-from .._solution import RESULTS
 from ..linops.functions import has_unit_diagonal, is_lower_triangular, is_upper_triangular
-from ._misc import check_square, rhs, solution_structure, structures, swap, unflat
+from ._misc import (
+    check_square,
+    finite_factor_result,
+    rhs,
+    solution_structure,
+    structures,
+    swap,
+    unflat,
+)
 from .base import AbstractLinearSolver
 
 
@@ -51,12 +58,17 @@ class Triangular(AbstractLinearSolver):
             transpose_a=state.transposed,
             unit_diagonal=state.unit_diagonal,
         )[:, 0]
-        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+        result = finite_factor_result(jnp.diagonal(state.matrix))
+        return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _TriangularState, options):
         return (
             _TriangularState(
-                state.matrix, state.lower, state.unit_diagonal, not state.transposed, swap(state.structs)
+                state.matrix,
+                state.lower,
+                state.unit_diagonal,
+                not state.transposed,
+                swap(state.structs),
             ),
             options,
         )

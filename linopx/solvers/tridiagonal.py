@@ -7,9 +7,16 @@ import jax
 import jax.numpy as jnp
 from jax.lax.linalg import tridiagonal_solve
 
-from .._solution import RESULTS
 from ..linops.functions import is_tridiagonal, tridiagonal
-from ._misc import check_square, rhs, solution_structure, structures, swap, unflat
+from ._misc import (
+    check_square,
+    finite_factor_result,
+    rhs,
+    solution_structure,
+    structures,
+    swap,
+    unflat,
+)
 from .base import AbstractLinearSolver
 
 
@@ -43,7 +50,8 @@ class Tridiagonal(AbstractLinearSolver):
         dl = jnp.concatenate([zero, state.lower.astype(dtype)])
         du = jnp.concatenate([state.upper.astype(dtype), zero])
         x = tridiagonal_solve(dl, state.diagonal.astype(dtype), du, b[:, None])[:, 0]
-        return unflat(x, solution_structure(state.structs)), RESULTS.successful, {}
+        result = finite_factor_result(state.diagonal, state.lower, state.upper)
+        return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _TridiagonalState, options):
         return (
@@ -54,7 +62,10 @@ class Tridiagonal(AbstractLinearSolver):
     def conj(self, state: _TridiagonalState, options):
         return (
             _TridiagonalState(
-                jnp.conj(state.diagonal), jnp.conj(state.lower), jnp.conj(state.upper), state.structs
+                jnp.conj(state.diagonal),
+                jnp.conj(state.lower),
+                jnp.conj(state.upper),
+                state.structs,
             ),
             options,
         )
