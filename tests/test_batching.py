@@ -363,3 +363,39 @@ def test_vmap_over_jacobian_linearisation_point(rng):
     for i in range(B):
         np.testing.assert_allclose(out[i], np.linalg.solve(m + 0.5 * np.diag(np.cos(x0[i])), b), **TOL)
     np.testing.assert_allclose(g, g_ref, **TOL)
+
+
+def test_throw_check_under_vmap_does_not_tile_the_operator():
+    # The run-time check of a vmapped solve over right-hand sides must not copy the (unbatched)
+    # matrix once per batch member: no array of shape (batch, n, n) in the compiled program.
+    n, k = 30, 7
+    a = jnp.asarray(np.eye(n) * 3.0 + 0.1)
+    bs = jnp.ones((k, n))
+
+    def f(a, bs):
+        return jax.vmap(lambda b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value)(bs)
+
+    text = jax.jit(f).lower(a, bs).compile().as_text()
+    assert f"f64[{k},{n},{n}]" not in text
+    np.testing.assert_allclose(f(a, bs), np.linalg.solve(np.asarray(a), np.asarray(bs).T).T, rtol=1e-12)
+
+
+def test_throw_check_under_nested_vmap_names_the_failure():
+    # Two vmap levels, one member singular, one with NaN in its right-hand side: the error names
+    # the first failed member's cause, and a batch without failures does not raise.
+    a = jnp.stack([jnp.eye(2), jnp.array([[1.0, 2.0], [2.0, 4.0]])])  # member 1 singular
+    b = jnp.ones((3, 2))
+
+    def f(a, b):
+        def per_matrix(m):
+            solve = lambda v: lx.linear_solve(lx.MatrixLinearOperator(m), v, lx.LU()).value  # noqa: E731
+            return jax.vmap(solve)(b)
+
+        return jax.vmap(per_matrix)(a)
+
+    with pytest.raises(Exception, match=SINGULAR_MESSAGE):
+        jax.block_until_ready(jax.jit(f)(a, b))
+    good = jnp.stack([jnp.eye(2), 2 * jnp.eye(2)])
+    np.testing.assert_allclose(jax.jit(f)(good, b)[1], 0.5 * np.ones((3, 2)))
+    with pytest.raises(Exception, match="NaN or infinity"):
+        jax.block_until_ready(jax.jit(f)(good, b.at[2, 0].set(jnp.nan)))

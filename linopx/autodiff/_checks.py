@@ -48,15 +48,21 @@ def classify(result, solver_result, operator_leaves, vector_leaves):
     return RESULTS.where(nonfinite, RESULTS.nonfinite_input, result)
 
 
-def _host_check(code, solver_code, *arrays, n_operator: int):
-    """Runs on the host, only for failed solves (or under `vmap`, for every batch): raise with the
-    message of the first failed member, classified as `classify` does."""
+def _host_check(code, solver_code, *arrays, n_operator: int, member_ndims: tuple):
+    """Runs on the host: raise with the message of the first failed member, classified as
+    `classify` does. `code` carries every batch axis; an array carries those it is batched along,
+    leading and left-aligned with `code`'s (size 1 where unbatched at that level)."""
     code, solver_code = np.asarray(code), np.asarray(solver_code)
+    solver_code = np.broadcast_to(solver_code, code.shape)
     for idx in np.ndindex(code.shape):
         c = int(code[idx])
         if c == _SUCCESSFUL:
             continue
-        member = [np.asarray(a)[idx] if np.ndim(a) >= len(idx) else np.asarray(a) for a in arrays]
+        member = []
+        for a, nd in zip(arrays, member_ndims):
+            a = np.asarray(a)
+            batch = a.shape[: a.ndim - nd]
+            member.append(a[tuple(i if d > 1 else 0 for i, d in zip(idx, batch))])
         operator_ok = all(np.isfinite(a).all() for a in member[:n_operator])
         vector_ok = all(np.isfinite(a).all() for a in member[n_operator:])
         if not operator_ok or (not vector_ok and int(solver_code[idx]) == _SUCCESSFUL):
@@ -70,22 +76,45 @@ def raise_if_failed(value, result, solver_result, operator_leaves, vector_leaves
     `classify`'s diagnosis). The inputs are only inspected, on the host, when the solve failed."""
     operator_arrays = [jax.lax.stop_gradient(x) for x in _inexact(operator_leaves)]
     vector_arrays = [jax.lax.stop_gradient(x) for x in _inexact(vector_leaves)]
-    code = enum_index(result)
-    solver_code = enum_index(solver_result)
-    host = functools.partial(_host_check, n_operator=len(operator_arrays))
+    arrays = operator_arrays + vector_arrays
+    host = functools.partial(
+        _host_check,
+        n_operator=len(operator_arrays),
+        member_ndims=tuple(jnp.ndim(a) for a in arrays),
+    )
 
-    def on_failure(_):
-        return jax.pure_callback(
-            host,
-            jax.ShapeDtypeStruct((), jnp.int32),
-            code,
-            solver_code,
-            *operator_arrays,
-            *vector_arrays,
-            vmap_method="broadcast_all",
+    @jax.custom_batching.custom_vmap
+    def guard(code, solver_code, *arrays):
+        # `code` has one axis per `vmap` level (none outside `vmap`). The predicate is a single
+        # boolean, so the callback, and the look at the inputs, only run when a solve failed.
+        return jax.lax.cond(
+            jnp.any(code != _SUCCESSFUL),
+            lambda: jax.pure_callback(
+                host,
+                jax.ShapeDtypeStruct(code.shape, jnp.int32),
+                code,
+                solver_code,
+                *arrays,
+                vmap_method="sequential",
+            ),
+            lambda: jnp.zeros(code.shape, jnp.int32),
         )
 
-    token = jax.lax.cond(code != _SUCCESSFUL, on_failure, lambda _: jnp.zeros((), jnp.int32), None)
+    @guard.def_vmap
+    def _(axis_size, in_batched, code, solver_code, *arrays):
+        # A `cond` on a batched predicate would run both branches and broadcast every operand (a
+        # whole matrix per batch member) to the batch. Instead, give every argument a leading axis
+        # for this level (size 1 where unbatched: a reshape, not a copy) and check again.
+        def lead(x, batched):
+            return x if batched else jnp.expand_dims(x, 0)
+
+        if not in_batched[0]:
+            code = jnp.broadcast_to(code, (axis_size, *jnp.shape(code)))
+        solver_code = jnp.broadcast_to(lead(solver_code, in_batched[1]), code.shape)
+        arrays = [lead(a, b) for a, b in zip(arrays, in_batched[2:])]
+        return guard(code, solver_code, *arrays), True
+
+    token = guard(enum_index(result), enum_index(solver_result), *arrays)
     # Tie the value to the check so that neither can be dropped or reordered before it: the token
     # is always 0 when the callback returns (it raises otherwise).
     return jax.tree_util.tree_map(

@@ -349,6 +349,29 @@ def default_max_steps(max_steps: int | None, size: int, factor: int = 10) -> int
 # The outer (true-residual) loop
 
 
+def initial_guess(options: dict, xs: "Space", b: Any, mv: Callable) -> tuple[Any, Any]:
+    """`(x0, r0)`: the initial guess from `options["y0"]` (zero by default) and its residual
+    `b - A x0` (no product for a zero guess)."""
+    y0 = options.get("y0")
+    if y0 is None:
+        return xs.zeros(), b
+    x0 = xs.pack(y0)
+    return x0, sub(b, mv(x0))
+
+
+def true_residual_check(b: Any, mv: Callable, tol2: jax.Array) -> Callable:
+    """A `check` for `refine` on the squared 2-norm of the true residual `b - A x`, restarting
+    from `(r, |r|²)`."""
+
+    def check(x, aux):
+        r = sub(b, mv(x))
+        rr = rdot(r, r)
+        rnorm = jnp.sqrt(rr)
+        return (r, rr), rr <= tol2, rnorm[None], rnorm
+
+    return check
+
+
 def refine(
     inner: Callable,
     check: Callable,

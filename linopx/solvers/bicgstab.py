@@ -119,18 +119,8 @@ class BiCGStab(AbstractLinearSolver):
             x, *_, k, ok = lax.while_loop(cond, body, init)
             return x, k, jnp.logical_not(ok), None
 
-        def check(x, aux):
-            r = K.sub(b, mv(x))
-            rr = K.rdot(r, r)
-            rnorm = jnp.sqrt(rr)
-            return (r, rr), rr <= tol2, rnorm[None], rnorm
-
-        y0 = options.get("y0")
-        if y0 is None:
-            x0, r0 = xs.zeros(), b
-        else:
-            x0 = xs.pack(y0)
-            r0 = K.sub(b, mv(x0))
+        check = K.true_residual_check(b, mv, tol2)
+        x0, r0 = K.initial_guess(options, xs, b, mv)
         rr0 = K.rdot(r0, r0)
         return _finish(
             xs, K.refine(inner, check, x0, (r0, rr0), rr0 <= tol2, jnp.sqrt(rr0)[None], max_steps)

@@ -140,18 +140,8 @@ class CG(AbstractLinearSolver):
             x, r, _, _, _, k, ok = lax.while_loop(cond, body, (x, r, z, rz, rr, k, ok))
             return x, k, jnp.logical_not(ok), None
 
-        def check(x, aux):
-            r = K.sub(b, mv_pos(x))
-            rr = K.rdot(r, r)
-            rnorm = jnp.sqrt(rr)
-            return (r, rr), rr <= tol2, rnorm[None], rnorm
-
-        y0 = options.get("y0")
-        if y0 is None:
-            x0, r0 = xs.zeros(), b
-        else:
-            x0 = xs.pack(y0)
-            r0 = K.sub(b, mv_pos(x0))
+        check = K.true_residual_check(b, mv_pos, tol2)
+        x0, r0 = K.initial_guess(options, xs, b, mv_pos)
         rr0 = K.rdot(r0, r0)
         x, result, stats = K.refine(
             inner, check, x0, (r0, rr0), rr0 <= tol2, jnp.sqrt(rr0)[None], max_steps

@@ -180,12 +180,7 @@ class GMRES(AbstractLinearSolver):
             rnorm = K.norm(r)
             return (r, rnorm), rnorm <= tol, rnorm[None], rnorm
 
-        y0 = options.get("y0")
-        if y0 is None:
-            x0, r0 = xs.zeros(), b
-        else:
-            x0 = xs.pack(y0)
-            r0 = K.sub(b, mv(x0))
+        x0, r0 = K.initial_guess(options, xs, b, mv)
         rnorm0 = K.norm(r0)
         x, result, stats = K.refine(
             inner, check, x0, (r0, rnorm0), rnorm0 <= tol, rnorm0[None], max_steps
