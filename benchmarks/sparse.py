@@ -265,7 +265,10 @@ def report_rows(results: list[dict]) -> list[dict]:
             for name in (direct, "klujax", "jax-spsolve"):
                 if "forward" in by.get((problem, name), {}):
                     fwd[name] = by[(problem, name)]["forward"]
-            notes = {"peak MiB": f"{mine.get('peak MiB', float('nan')):.0f}"}
+            notes = {
+                "peak MiB": f"{mine.get('peak MiB', float('nan')):.0f}",
+                "direct's peak MiB": f"{by.get((problem, direct), {}).get('peak MiB', float('nan')):.0f}",
+            }
             case = f"{kind.upper()} Poisson, {backend}"
             out.append(row(f"{case}: forward", size, fwd, **notes))
             if "grad" in mine:
