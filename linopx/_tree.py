@@ -137,22 +137,6 @@ def tree_all_finite(tree: Any) -> jax.Array:
     return out
 
 
-def tree_finite_flags(a: Any, b: Any) -> tuple[jax.Array, jax.Array]:
-    """`(all of a finite, all of b finite)` computed with a single reduction: each non-finite entry
-    contributes bit 1 (in `a`) or bit 2 (in `b`) to an OR over the concatenation of both."""
-    codes = []
-    for tree, bit in ((a, 1), (b, 2)):
-        for x in jax.tree_util.tree_leaves(tree):
-            if jnp.issubdtype(jnp.result_type(x), jnp.inexact):
-                codes.append(jnp.where(jnp.isfinite(jnp.ravel(x)), 0, bit).astype(jnp.int32))
-    if not codes:
-        return jnp.array(True), jnp.array(True)
-    flags = jax.lax.reduce(
-        jnp.concatenate(codes), jnp.int32(0), jax.lax.bitwise_or, (0,)
-    )
-    return (flags & 1) == 0, (flags & 2) == 0
-
-
 def is_complex_structure(structure: Any) -> bool:
     return any(jnp.issubdtype(leaf.dtype, jnp.complexfloating) for leaf in jax.tree_util.tree_leaves(structure))
 

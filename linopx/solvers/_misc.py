@@ -32,13 +32,6 @@ def unflat(x: jax.Array, structure: Any) -> Any:
     return _tree.unravel(x, structure)
 
 
-def finite_result(x: jax.Array) -> Any:
-    """`RESULTS.successful` if `x` is finite everywhere, else `RESULTS.singular`. A non-finite
-    solution from finite inputs means a zero or underflowed pivot; `linear_solve` reclassifies it as
-    `nonfinite_input` when the inputs themselves were not finite."""
-    return RESULTS.where(jnp.all(jnp.isfinite(x)), RESULTS.successful, RESULTS.singular)
-
-
 def pivot_result(pivots: jax.Array) -> Any:
     """`RESULTS.singular` if the smallest pivot magnitude is at most `32 · eps` times the largest (or
     is not finite), else `RESULTS.successful`.
