@@ -96,3 +96,18 @@ def table_lines(rows: list[dict]) -> list[str]:
 
 def print_table(rows: list[dict]) -> None:
     print("\n".join(table_lines(rows)))
+
+
+def suite_main(doc: str, cases: Callable, notes: list[str]) -> None:
+    """The command line of a suite script: `--quick`, the notes (e.g. which alternative is not
+    installed), then every case of `cases(quick)` and one table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
+    args = parser.parse_args()
+    for note in notes:
+        print(note)
+    rows = [r for _, thunk in cases(args.quick) for r in thunk()]
+    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64")
+    print_table(rows)

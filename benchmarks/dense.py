@@ -9,7 +9,6 @@ machine's CPU; ratios are linopx / alternative (below 1 means linopx is faster).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -23,7 +22,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import linopx as lx  # noqa: E402
-from benchmarks._timing import compile_time, interleaved, print_table, row  # noqa: E402
+from benchmarks._timing import compile_time, interleaved, row, suite_main  # noqa: E402
 
 try:
     import lineax
@@ -37,21 +36,41 @@ def square_cases(rng, sizes, repeats):
         a = jnp.asarray(rng.normal(size=(n, n)) + n**0.5 * np.eye(n))
         b = jnp.asarray(rng.normal(size=n))
         fwd = {
-            "linopx": jax.jit(lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value),
+            "linopx": jax.jit(
+                lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value
+            ),
             "jnp": jax.jit(jnp.linalg.solve),
         }
         loss = {
-            "linopx": lambda a, b: jnp.sum(lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value ** 2),
+            "linopx": lambda a, b: jnp.sum(
+                lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value ** 2
+            ),
             "jnp": lambda a, b: jnp.sum(jnp.linalg.solve(a, b) ** 2),
         }
         if lineax is not None:
-            fwd["lineax"] = jax.jit(lambda a, b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value)
+            fwd["lineax"] = jax.jit(
+                lambda a, b: (
+                    lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value
+                )
+            )
             loss["lineax"] = lambda a, b: jnp.sum(
                 lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value ** 2
             )
         grad = {k: jax.jit(jax.grad(f, argnums=(0, 1))) for k, f in loss.items()}
-        rows.append(row("LU solve", f"n={n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats)))
-        rows.append(row("LU grad", f"n={n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats)))
+        rows.append(
+            row(
+                "LU solve",
+                f"n={n}",
+                interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats),
+            )
+        )
+        rows.append(
+            row(
+                "LU grad",
+                f"n={n}",
+                interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats),
+            )
+        )
     return rows
 
 
@@ -60,13 +79,19 @@ def multi_rhs_case(rng, n, k, repeats):
     B = jnp.asarray(rng.normal(size=(n, k)))
     fns = {
         "linopx": jax.jit(
-            lambda a, B: jax.vmap(lambda b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value, 1, 1)(B)
+            lambda a, B: jax.vmap(
+                lambda b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value, 1, 1
+            )(B)
         ),
         "jnp": jax.jit(jnp.linalg.solve),
     }
     if lineax is not None:
         fns["lineax"] = jax.jit(
-            lambda a, B: jax.vmap(lambda b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value, 1, 1)(B)
+            lambda a, B: jax.vmap(
+                lambda b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value,
+                1,
+                1,
+            )(B)
         )
     ref = np.linalg.solve(np.asarray(a), np.asarray(B))
     for name, f in fns.items():
@@ -80,11 +105,13 @@ def compile_case(rng, n, repeats):
     a = jnp.asarray(rng.normal(size=(n, n)) + n**0.5 * np.eye(n))
     b = jnp.asarray(rng.normal(size=n))
     makers = {
-        "linopx": lambda: (lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value),
+        "linopx": lambda: (
+            lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value
+        ),
         "linopx throw=False": lambda: (
             lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU(), throw=False).value
         ),
-        "jnp": lambda: (lambda a, b: jnp.linalg.solve(a, b)),
+        "jnp": lambda: lambda a, b: jnp.linalg.solve(a, b),
     }
     if lineax is not None:
         makers["lineax"] = lambda: (
@@ -102,39 +129,73 @@ def least_squares_cases(rng, m, n, rank, repeats):
         "linopx": jax.jit(lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b).value),
         "jnp": jax.jit(lambda a, b: jnp.linalg.lstsq(a, b)[0]),
     }
-    loss = {"linopx": lambda a, b: jnp.sum(lx.linear_solve(lx.MatrixLinearOperator(a), b).value ** 2)}
+    loss = {
+        "linopx": lambda a, b: jnp.sum(lx.linear_solve(lx.MatrixLinearOperator(a), b).value ** 2)
+    }
     if lineax is not None:
         fwd["lineax"] = jax.jit(
-            lambda a, b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.AutoLinearSolver(well_posed=None)).value
+            lambda a, b: (
+                lineax.linear_solve(
+                    lineax.MatrixLinearOperator(a), b, lineax.AutoLinearSolver(well_posed=None)
+                ).value
+            )
         )
         loss["lineax"] = lambda a, b: jnp.sum(
-            lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.AutoLinearSolver(well_posed=None)).value ** 2
+            lineax.linear_solve(
+                lineax.MatrixLinearOperator(a), b, lineax.AutoLinearSolver(well_posed=None)
+            ).value
+            ** 2
         )
     ref = np.linalg.lstsq(np.asarray(a), np.asarray(b), rcond=None)[0]
     assert np.abs(np.asarray(fwd["linopx"](a, b)) - ref).max() < 1e-10
     grad = {k: jax.jit(jax.grad(f, argnums=(0, 1))) for k, f in loss.items()}
-    rows.append(row("lstsq", f"{m}x{n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats)))
-    rows.append(row("lstsq grad", f"{m}x{n}", interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats)))
+    rows.append(
+        row(
+            "lstsq",
+            f"{m}x{n}",
+            interleaved({k: (lambda f=f: f(a, b)) for k, f in fwd.items()}, repeats),
+        )
+    )
+    rows.append(
+        row(
+            "lstsq grad",
+            f"{m}x{n}",
+            interleaved({k: (lambda f=f: f(a, b)) for k, f in grad.items()}, repeats),
+        )
+    )
 
     # Rank-deficient: well_posed=False.
     d = jnp.asarray(rng.normal(size=(m, rank)) @ rng.normal(size=(rank, n)))
     fwd = {
         "linopx": jax.jit(
-            lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.AutoLinearSolver(well_posed=False)).value
+            lambda a, b: (
+                lx.linear_solve(
+                    lx.MatrixLinearOperator(a), b, lx.AutoLinearSolver(well_posed=False)
+                ).value
+            )
         ),
         "jnp": jax.jit(lambda a, b: jnp.linalg.lstsq(a, b)[0]),
     }
     if lineax is not None:
         fwd["lineax"] = jax.jit(
-            lambda a, b: lineax.linear_solve(
-                lineax.MatrixLinearOperator(a), b, lineax.AutoLinearSolver(well_posed=False)
-            ).value
+            lambda a, b: (
+                lineax.linear_solve(
+                    lineax.MatrixLinearOperator(a), b, lineax.AutoLinearSolver(well_posed=False)
+                ).value
+            )
         )
     ref = np.linalg.lstsq(np.asarray(d), np.asarray(b), rcond=None)[0]
     err = np.abs(np.asarray(fwd["linopx"](d, b)) - ref).max() / np.abs(ref).max()
     assert err < 1e-8, err
     times = interleaved({k: (lambda f=f: f(d, b)) for k, f in fwd.items()}, repeats)
-    rows.append(row(f"rank-deficient (rank {rank})", f"{m}x{n}", times, **{"rel. diff vs numpy": f"{err:.1e}"}))
+    rows.append(
+        row(
+            f"rank-deficient (rank {rank})",
+            f"{m}x{n}",
+            times,
+            **{"rel. diff vs numpy": f"{err:.1e}"},
+        )
+    )
     return rows
 
 
@@ -152,20 +213,11 @@ def cases(quick: bool = False) -> list[tuple[str, object]]:
     return out
 
 
-def run(quick: bool = False) -> list[dict]:
-    return [r for _, thunk in cases(quick) for r in thunk()]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
-    args = parser.parse_args()
-    if lineax is None:
-        print("note: lineax is not installed; its columns are skipped (pip install lineax)")
-    rows = run(args.quick)
-    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64")
-    print_table(rows)
-
-
 if __name__ == "__main__":
-    main()
+    suite_main(
+        __doc__,
+        cases,
+        []
+        if lineax is not None
+        else ["note: lineax is not installed; its columns are skipped (pip install lineax)"],
+    )

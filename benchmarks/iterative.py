@@ -10,7 +10,6 @@ the same tolerance (`|b - A x| <= rtol |b|`); iteration counts are linopx's `sta
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -24,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import linopx as lx
-from benchmarks._timing import compile_time, interleaved, print_table, row
+from benchmarks._timing import compile_time, interleaved, row, suite_main
 
 try:
     import lineax
@@ -132,20 +131,11 @@ def cases(quick: bool = False) -> list[tuple[str, object]]:
     return out
 
 
-def run(quick: bool = False) -> list[dict]:
-    return [r for _, thunk in cases(quick) for r in thunk()]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
-    args = parser.parse_args()
-    if lineax is None:
-        print("note: lineax is not installed; its columns are skipped (pip install lineax)")
-    rows = run(args.quick)
-    print(f"jax {jax.__version__}, {jax.devices()[0].platform}, float64")
-    print_table(rows)
-
-
 if __name__ == "__main__":
-    main()
+    suite_main(
+        __doc__,
+        cases,
+        []
+        if lineax is not None
+        else ["note: lineax is not installed; its columns are skipped (pip install lineax)"],
+    )

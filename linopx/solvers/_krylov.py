@@ -115,6 +115,18 @@ def conj_options(options: dict) -> dict:
     return out
 
 
+def transposed(state: KrylovState, options: dict, least_squares: bool) -> tuple[KrylovState, dict]:
+    """`solver.transpose` for every Krylov solver: the transposed operator, with the options
+    transposed to fit it (`least_squares` for the right preconditioners of LSQR/LSMR)."""
+    operator = state.operator.transpose()
+    return KrylovState(operator, state.negate), transpose_options(options, operator, least_squares)
+
+
+def conjugated(state: KrylovState, options: dict) -> tuple[KrylovState, dict]:
+    """`solver.conj` for every Krylov solver: the conjugated operator and options."""
+    return KrylovState(conj_operator(state.operator), state.negate), conj_options(options)
+
+
 def _preconditioner_fits(m: Any, operator: AbstractLinearOperator, least_squares: bool) -> bool:
     """A preconditioner `M ≈ A⁻¹` maps the output space of `A` to its input space; for least
     squares (`LSQR`, `LSMR`) it is a right preconditioner, mapping the input space to itself."""
@@ -359,15 +371,16 @@ def initial_guess(options: dict, xs: "Space", b: Any, mv: Callable) -> tuple[Any
     return x0, sub(b, mv(x0))
 
 
-def true_residual_check(b: Any, mv: Callable, tol2: jax.Array) -> Callable:
-    """A `check` for `refine` on the squared 2-norm of the true residual `b - A x`, restarting
-    from `(r, |r|²)`."""
+def true_residual_check(b: Any, mv: Callable, tol: jax.Array, squared: bool) -> Callable:
+    """A `check` for `refine` on the true residual `b - A x`, restarting from `(r, |r|²)` and
+    comparing `|r|²` with `tol` if `squared`, else from `(r, |r|)` and comparing `|r|`."""
 
     def check(x, aux):
         r = sub(b, mv(x))
         rr = rdot(r, r)
         rnorm = jnp.sqrt(rr)
-        return (r, rr), rr <= tol2, rnorm[None], rnorm
+        size = rr if squared else rnorm
+        return (r, size), size <= tol, rnorm[None], rnorm
 
     return check
 

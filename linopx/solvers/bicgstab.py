@@ -8,7 +8,6 @@ import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 
-from ..linops.functions import conj as conj_operator
 from . import _krylov as K
 from ._misc import check_square
 from .base import AbstractLinearSolver
@@ -119,7 +118,7 @@ class BiCGStab(AbstractLinearSolver):
             x, *_, k, ok = lax.while_loop(cond, body, init)
             return x, k, jnp.logical_not(ok), None
 
-        check = K.true_residual_check(b, mv, tol2)
+        check = K.true_residual_check(b, mv, tol2, squared=True)
         x0, r0 = K.initial_guess(options, xs, b, mv)
         rr0 = K.rdot(r0, r0)
         return _finish(
@@ -127,11 +126,10 @@ class BiCGStab(AbstractLinearSolver):
         )
 
     def transpose(self, state: K.KrylovState, options):
-        operator = state.operator.transpose()
-        return K.KrylovState(operator), K.transpose_options(options, operator, False)
+        return K.transposed(state, options, least_squares=False)
 
     def conj(self, state: K.KrylovState, options):
-        return K.KrylovState(conj_operator(state.operator)), K.conj_options(options)
+        return K.conjugated(state, options)
 
     def allow_dependent_rows(self, operator):
         return False

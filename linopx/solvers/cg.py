@@ -140,7 +140,7 @@ class CG(AbstractLinearSolver):
             x, r, _, _, _, k, ok = lax.while_loop(cond, body, (x, r, z, rz, rr, k, ok))
             return x, k, jnp.logical_not(ok), None
 
-        check = K.true_residual_check(b, mv_pos, tol2)
+        check = K.true_residual_check(b, mv_pos, tol2, squared=True)
         x0, r0 = K.initial_guess(options, xs, b, mv_pos)
         rr0 = K.rdot(r0, r0)
         x, result, stats = K.refine(
@@ -149,13 +149,10 @@ class CG(AbstractLinearSolver):
         return xs.unpack(x), result, stats
 
     def transpose(self, state: K.KrylovState, options):
-        operator = state.operator.transpose()
-        return K.KrylovState(operator, state.negate), K.transpose_options(options, operator, False)
+        return K.transposed(state, options, least_squares=False)
 
     def conj(self, state: K.KrylovState, options):
-        from ..linops.functions import conj as conj_operator
-
-        return K.KrylovState(conj_operator(state.operator), state.negate), K.conj_options(options)
+        return K.conjugated(state, options)
 
     def allow_dependent_rows(self, operator):
         return False

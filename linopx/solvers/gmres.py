@@ -9,7 +9,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..linops.functions import conj as conj_operator
 from . import _krylov as K
 from ._misc import check_square
 from .base import AbstractLinearSolver
@@ -175,10 +174,7 @@ class GMRES(AbstractLinearSolver):
             x = K.add(x, apply_m(_combine(y, head)))
             return x, k, jnp.logical_not(ok), None
 
-        def check(x, aux):
-            r = K.sub(b, mv(x))
-            rnorm = K.norm(r)
-            return (r, rnorm), rnorm <= tol, rnorm[None], rnorm
+        check = K.true_residual_check(b, mv, tol, squared=False)
 
         x0, r0 = K.initial_guess(options, xs, b, mv)
         rnorm0 = K.norm(r0)
@@ -188,11 +184,10 @@ class GMRES(AbstractLinearSolver):
         return xs.unpack(x), result, stats
 
     def transpose(self, state: K.KrylovState, options):
-        operator = state.operator.transpose()
-        return K.KrylovState(operator), K.transpose_options(options, operator, False)
+        return K.transposed(state, options, least_squares=False)
 
     def conj(self, state: K.KrylovState, options):
-        return K.KrylovState(conj_operator(state.operator)), K.conj_options(options)
+        return K.conjugated(state, options)
 
     def allow_dependent_rows(self, operator):
         return False

@@ -11,7 +11,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ..linops.functions import conj as conj_operator
 from . import _krylov as K
 from .base import AbstractLinearSolver
 
@@ -219,11 +218,10 @@ class LSQR(AbstractLinearSolver):
         return run_least_squares(s, inner)
 
     def transpose(self, state: K.KrylovState, options):
-        operator = state.operator.transpose()
-        return K.KrylovState(operator), K.transpose_options(options, operator, True)
+        return K.transposed(state, options, least_squares=True)
 
     def conj(self, state: K.KrylovState, options):
-        return K.KrylovState(conj_operator(state.operator)), K.conj_options(options)
+        return K.conjugated(state, options)
 
     def allow_dependent_rows(self, operator):
         # Least squares: b outside the range of A is handled.

@@ -5,9 +5,19 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax.lax.linalg import lu as lax_lu, triangular_solve
+from jax.lax.linalg import lu as lax_lu
+from jax.lax.linalg import triangular_solve
 
-from ._misc import check_square, matrix_diagonal, pivot_result, rhs, solution_structure, structures, swap, unflat
+from ._misc import (
+    check_square,
+    matrix_diagonal,
+    pivot_result,
+    rhs,
+    solution_structure,
+    structures,
+    swap,
+    unflat,
+)
 from .base import AbstractLinearSolver
 
 
@@ -29,7 +39,9 @@ def lu_solve(lu: jax.Array, perm: jax.Array, b: jax.Array, transposed: bool) -> 
     else:
         # Aᵀ = Uᵀ Lᵀ P, so x = Pᵀ L⁻ᵀ U⁻ᵀ b.
         y = triangular_solve(lu, b2, left_side=True, lower=False, transpose_a=True)
-        z = triangular_solve(lu, y, left_side=True, lower=True, transpose_a=True, unit_diagonal=True)
+        z = triangular_solve(
+            lu, y, left_side=True, lower=True, transpose_a=True, unit_diagonal=True
+        )
         x = jnp.zeros_like(z).at[perm].set(z)
     return x[:, 0] if vec else x
 

@@ -10,9 +10,6 @@ from jax import lax
 
 from .. import _tree
 from ..linops.functions import (
-    conj as conj_operator,
-)
-from ..linops.functions import (
     is_negative_semidefinite,
     is_positive_semidefinite,
     is_symmetric,
@@ -163,10 +160,7 @@ class MINRES(AbstractLinearSolver):
             out = lax.while_loop(cond, body, init)
             return out[0], out[14], jnp.logical_not(out[15]), None
 
-        def check(x, aux):
-            r = K.sub(b, mv(x))
-            rnorm = K.norm(r)
-            return (r, rnorm), rnorm <= tol, rnorm[None], rnorm
+        check = K.true_residual_check(b, mv, tol, squared=False)
 
         x0, r0 = K.initial_guess(options, xs, b, mv)
         rnorm0 = K.norm(r0)
@@ -176,11 +170,10 @@ class MINRES(AbstractLinearSolver):
         return xs.unpack(x), result, stats
 
     def transpose(self, state: K.KrylovState, options):
-        operator = state.operator.transpose()
-        return K.KrylovState(operator), K.transpose_options(options, operator, False)
+        return K.transposed(state, options, least_squares=False)
 
     def conj(self, state: K.KrylovState, options):
-        return K.KrylovState(conj_operator(state.operator)), K.conj_options(options)
+        return K.conjugated(state, options)
 
     def allow_dependent_rows(self, operator):
         return False
