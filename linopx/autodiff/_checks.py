@@ -27,6 +27,7 @@ from .._solution import RESULTS
 
 _SUCCESSFUL = int(enum_index(RESULTS.successful))
 _NONFINITE = int(enum_index(RESULTS.nonfinite_input))
+_SINGULAR = int(enum_index(RESULTS.singular))
 
 
 def _inexact(leaves) -> list:
@@ -34,18 +35,27 @@ def _inexact(leaves) -> list:
 
 
 def classify(result, solver_result, operator_leaves, vector_leaves):
-    """Refine a failed `result` to `nonfinite_input` when the inputs are not finite.
+    """Say why a failed `result` failed: `nonfinite_input` when the inputs are not finite.
 
     A non-finite operator always counts. A non-finite right-hand side counts unless the solver
-    itself reported the failure (`solver_result`): in the solves that derivatives make, the
-    right-hand side holds the primal solution, which is not finite exactly when the primal system
-    was singular, and "singular" is then the right diagnosis."""
+    blamed the matrix itself (`solver_result` a failure other than `nonfinite_input`): in the solves
+    that derivatives make, the right-hand side holds the primal solution, which is not finite exactly
+    when the primal system was singular, and "singular" is then the right diagnosis. A solver may
+    report `nonfinite_input` for a non-finite solution from a sound factorization; with finite
+    inputs that is an overflow of a (numerically) singular system, reported as `singular`."""
     failed = result != RESULTS.successful
     operator_bad = jnp.logical_not(_tree.tree_all_finite(_inexact(operator_leaves)))
     vector_bad = jnp.logical_not(_tree.tree_all_finite(_inexact(vector_leaves)))
-    solver_failed = solver_result != RESULTS.successful
-    nonfinite = failed & (operator_bad | (vector_bad & jnp.logical_not(solver_failed)))
-    return RESULTS.where(nonfinite, RESULTS.nonfinite_input, result)
+    blames_matrix = (solver_result != RESULTS.successful) & (
+        solver_result != RESULTS.nonfinite_input
+    )
+    nonfinite = failed & (operator_bad | (vector_bad & jnp.logical_not(blames_matrix)))
+    overflow = result == RESULTS.nonfinite_input
+    return RESULTS.where(
+        nonfinite,
+        RESULTS.nonfinite_input,
+        RESULTS.where(overflow, RESULTS.singular, result),
+    )
 
 
 def _host_check(code, solver_code, *arrays, n_operator: int, member_ndims: tuple):
@@ -65,8 +75,11 @@ def _host_check(code, solver_code, *arrays, n_operator: int, member_ndims: tuple
             member.append(a[tuple(i if d > 1 else 0 for i, d in zip(idx, batch))])
         operator_ok = all(np.isfinite(a).all() for a in member[:n_operator])
         vector_ok = all(np.isfinite(a).all() for a in member[n_operator:])
-        if not operator_ok or (not vector_ok and int(solver_code[idx]) == _SUCCESSFUL):
+        blames_matrix = int(solver_code[idx]) not in (_SUCCESSFUL, _NONFINITE)
+        if not operator_ok or (not vector_ok and not blames_matrix):
             c = _NONFINITE
+        elif c == _NONFINITE:
+            c = _SINGULAR
         raise RuntimeError(enum_message(RESULTS, c))
     return np.zeros(code.shape, np.int32)
 

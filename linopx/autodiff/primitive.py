@@ -122,12 +122,15 @@ def _compute_unbatched(leaves, static: _Static, check: bool = False):
     happened (e.g. non-finite inputs) is worked out only where it is looked at; see `_checks.py`."""
     operator, state, vector, options, solver = static.combine(leaves)
     value, solver_result, stats = solver.compute(state, vector, options)
-    value_ok = _tree.tree_all_finite(value)
-    result = RESULTS.where(
-        (solver_result == RESULTS.successful) & jnp.logical_not(value_ok),
-        RESULTS.singular,
-        solver_result,
-    )
+    if type(solver)._verdict_checks_solution:
+        result = solver_result
+    else:
+        value_ok = _tree.tree_all_finite(value)
+        result = RESULTS.where(
+            (solver_result == RESULTS.successful) & jnp.logical_not(value_ok),
+            RESULTS.singular,
+            solver_result,
+        )
     if check:
         # Raised from inside the primitive for the solves that derivatives make, so that the check
         # never has to be differentiated or transposed itself.

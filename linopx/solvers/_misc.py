@@ -32,25 +32,75 @@ def unflat(x: jax.Array, structure: Any) -> Any:
     return _tree.unravel(x, structure)
 
 
-def pivot_result(pivots: jax.Array) -> Any:
+def _check_reduce(pivots: Any, factors: tuple, solution: jax.Array) -> tuple:
+    """`(largest pivot, smallest pivot, factor check, solution check)` in one variadic reduction.
+
+    The checks are compiled into every solve, and each reduction is a kernel XLA builds (tens of
+    milliseconds of compile time apiece on a CPU), so all of them share one. A check is `x * 0`
+    summed: zero when every entry is finite, NaN otherwise. The four operands are the same length,
+    each padded with the neutral value of its own reduction."""
+    dtypes = [jnp.finfo(jnp.result_type(a)).dtype for a in (solution, *factors)]
+    if pivots is not None:
+        dtypes.append(jnp.finfo(jnp.result_type(pivots)).dtype)
+    real = max(dtypes, key=lambda d: d.itemsize)  # the widest real dtype among the arrays
+
+    def zero_if_finite(a):
+        a = jnp.ravel(a)
+        if jnp.iscomplexobj(a):
+            a = jnp.real(a) + jnp.imag(a)
+        return (a * 0).astype(real)
+
+    p = jnp.zeros((0,), real) if pivots is None else jnp.abs(jnp.ravel(pivots)).astype(real)
+    f = [zero_if_finite(a) for a in factors]
+    f = jnp.concatenate(f) if f else jnp.zeros((0,), real)
+    x = zero_if_finite(solution)
+    sizes = (p.size, f.size, x.size)
+
+    def segment(which, value, fill):
+        parts = [value if i == which else jnp.full((k,), fill, real) for i, k in enumerate(sizes)]
+        return jnp.concatenate(parts)
+
+    operands = (
+        segment(0, p, -jnp.inf),
+        segment(0, p, jnp.inf),
+        segment(1, f, 0),
+        segment(2, x, 0),
+    )
+    inits = tuple(jnp.asarray(v, real) for v in (-jnp.inf, jnp.inf, 0, 0))
+
+    def combine(u, v):
+        return (jnp.maximum(u[0], v[0]), jnp.minimum(u[1], v[1]), u[2] + v[2], u[3] + v[3])
+
+    return jax.lax.reduce(operands, inits, combine, (0,))
+
+
+def pivot_result(pivots: jax.Array, solution: jax.Array) -> Any:
     """`RESULTS.singular` if the smallest pivot magnitude is at most `32 · eps` times the largest (or
-    is not finite), else `RESULTS.successful`.
+    is not finite); else `RESULTS.nonfinite_input` if `solution` is not finite (the factorization is
+    sound, so the right-hand side is not; `linear_solve` reports `singular` if it is finite);
+    else `RESULTS.successful`.
 
     Rounding leaves the "zero" pivot of an exactly singular matrix at a few `eps · |A|` rather than
     at zero, and a solve would then return a finite number dominated by rounding. The threshold does
     not grow with the size: in float32 a well-conditioned random matrix of size 2000 already has
     pivots spanning 3e4, so a size-scaled threshold would flag good systems. It is a heuristic (a
-    pivot ratio is not a condition number): it catches the common case, and exact zeros are caught
-    independently by the finiteness check on the solution."""
-    a = jnp.abs(pivots)
-    if a.size == 0:
-        return RESULTS.successful
-    eps = jnp.finfo(a.dtype).eps
-    # The largest and (minus) the smallest magnitude in one reduction: this check is compiled into
-    # every solve, and each reduction is a kernel XLA has to build.
-    largest, neg_smallest = jnp.max(jnp.stack([a, -a]), axis=1)
-    ok = -neg_smallest > 32 * eps * largest
-    return RESULTS.where(ok, RESULTS.successful, RESULTS.singular)
+    pivot ratio is not a condition number): it catches the common case.
+
+    Solvers that call this (or `finite_factor_result`) with their solution set
+    `_verdict_checks_solution`, so that the solve adds no finiteness check of its own."""
+    if jnp.size(pivots) == 0:
+        pivots = None
+    largest, smallest, _, x_check = _check_reduce(pivots, (), solution)
+    x_ok = jnp.isfinite(x_check)
+    if pivots is None:
+        return RESULTS.where(x_ok, RESULTS.successful, RESULTS.nonfinite_input)
+    eps = jnp.finfo(largest.dtype).eps
+    pivots_ok = jnp.isfinite(largest) & (smallest > 32 * eps * largest)
+    return RESULTS.where(
+        pivots_ok,
+        RESULTS.where(x_ok, RESULTS.successful, RESULTS.nonfinite_input),
+        RESULTS.singular,
+    )
 
 
 def matrix_diagonal(matrix: jax.Array) -> jax.Array:
@@ -60,13 +110,14 @@ def matrix_diagonal(matrix: jax.Array) -> jax.Array:
     return matrix.reshape(-1)[:: n + 1]
 
 
-def finite_factor_result(*arrays: jax.Array) -> Any:
+def finite_factor_result(*arrays: jax.Array, solution: jax.Array) -> Any:
     """`RESULTS.nonfinite_input` unless every entry of `arrays` (a solver's factors or stored
-    diagonals) is finite. For solvers where an infinite entry can still give a finite solution
-    (`x = b / inf = 0`), so that the solution's own finiteness check would not catch it."""
-    return RESULTS.where(
-        _tree.tree_all_finite(list(arrays)), RESULTS.successful, RESULTS.nonfinite_input
-    )
+    diagonals) and of `solution` is finite (`linear_solve` reports `singular` if the inputs are
+    finite). The factors are checked too because an infinite entry can still give a finite
+    solution (`x = b / inf = 0`)."""
+    _, _, f_check, x_check = _check_reduce(None, arrays, solution)
+    ok = jnp.isfinite(f_check + x_check)
+    return RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite_input)
 
 
 def matrix_dtype(operator: AbstractLinearOperator):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from typing import Any, TypeAlias
+from typing import Any, ClassVar, TypeAlias
 
 import equinox as eqx
 from jaxtyping import PyTree
@@ -29,6 +29,10 @@ class AbstractLinearSolver(eqx.Module):
       pseudoinverse solution when `A` has linearly dependent rows / columns. They select which terms
       of the pseudoinverse derivative are needed, so they must be truthful.
     """
+
+    # Set by built-in solvers whose `compute` already reports a non-finite solution in its result,
+    # so that the solve does not add a second finiteness check (each costs compile time).
+    _verdict_checks_solution: ClassVar[bool] = False
 
     @abc.abstractmethod
     def init(self, operator: AbstractLinearOperator, options: Options) -> State:

@@ -30,6 +30,8 @@ class Cholesky(AbstractLinearSolver):
     ```
     """
 
+    _verdict_checks_solution = True
+
     def init(self, operator, options):
         check_square(operator, "Cholesky")
         if is_positive_semidefinite(operator):
@@ -53,7 +55,7 @@ class Cholesky(AbstractLinearSolver):
         if state.negative:
             x = -x
         # The pivots of A = L Lᴴ are |L_ii|².
-        result = pivot_result(jnp.abs(jnp.diagonal(state.factor)) ** 2)
+        result = pivot_result(jnp.abs(jnp.diagonal(state.factor)) ** 2, solution=x)
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _CholeskyState, options):

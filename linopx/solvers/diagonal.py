@@ -40,6 +40,8 @@ class Diagonal(AbstractLinearSolver):
     well_posed: bool = False
     rcond: float | None = None
 
+    _verdict_checks_solution = True
+
     def __check_init__(self):
         if self.rcond is not None and not self.rcond >= 0:
             raise ValueError(f"Diagonal: `rcond` must be non-negative, got {self.rcond}.")
@@ -64,7 +66,7 @@ class Diagonal(AbstractLinearSolver):
                 rcond = jnp.finfo(d.dtype).eps * d.shape[0]
             tiny = jnp.abs(d) <= rcond * jnp.max(jnp.abs(d), initial=0.0)
             x = jnp.where(tiny, 0, b / jnp.where(tiny, 1, d))
-        return unflat(x, solution_structure(state.structs)), finite_factor_result(d), {}
+        return unflat(x, solution_structure(state.structs)), finite_factor_result(d, solution=x), {}
 
     def transpose(self, state, options):
         return _DiagonalState(state.diagonal, swap(state.structs)), options

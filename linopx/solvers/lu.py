@@ -59,6 +59,8 @@ class LU(AbstractLinearSolver):
     ```
     """
 
+    _verdict_checks_solution = True
+
     def init(self, operator, options):
         check_square(operator, "LU")
         lu, _, perm = lax_lu(operator.as_matrix())
@@ -67,7 +69,7 @@ class LU(AbstractLinearSolver):
     def compute(self, state: _LUState, vector, options):
         b = rhs(vector, state.lu.dtype)
         x = lu_solve(state.lu.astype(b.dtype), state.perm, b, state.transposed)
-        result = pivot_result(matrix_diagonal(state.lu))
+        result = pivot_result(matrix_diagonal(state.lu), solution=x)
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _LUState, options):

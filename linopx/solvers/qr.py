@@ -60,6 +60,8 @@ class QR(AbstractLinearSolver):
     ```
     """
 
+    _verdict_checks_solution = True
+
     def init(self, operator, options):
         matrix = operator.as_matrix()
         m, n = matrix.shape
@@ -87,7 +89,7 @@ class QR(AbstractLinearSolver):
             )[:, 0]
             x = _apply_q(h, taus, _pad(y, p), adjoint=False)
         # QR assumes full rank (use PivotedQR or SVD otherwise): report a rank-deficient R.
-        result = pivot_result(matrix_diagonal(r))
+        result = pivot_result(matrix_diagonal(r), solution=x)
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _QRState, options):
@@ -131,6 +133,8 @@ class PivotedQR(AbstractLinearSolver):
 
     rcond: float | None = None
 
+    _verdict_checks_solution = True
+
     def __check_init__(self):
         if self.rcond is not None and not self.rcond >= 0:
             raise ValueError(f"PivotedQR: `rcond` must be non-negative, got {self.rcond}.")
@@ -172,7 +176,7 @@ class PivotedQR(AbstractLinearSolver):
             w = triangular_solve(jnp.conj(t), c[:, None], left_side=True, lower=False)[:, 0]
             x = _apply_q_conj(h1, taus1, _pad(w, m), adjoint=False)
         # An infinite entry of A can leave x finite (its column is cut off); R's diagonal shows it.
-        result = finite_factor_result(matrix_diagonal(h1[:k, :k]))
+        result = finite_factor_result(matrix_diagonal(h1[:k, :k]), solution=x)
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _PivotedQRState, options):

@@ -30,6 +30,8 @@ class SVD(AbstractLinearSolver):
 
     rcond: float | None = None
 
+    _verdict_checks_solution = True
+
     def __check_init__(self):
         if self.rcond is not None and not self.rcond >= 0:
             raise ValueError(f"SVD: `rcond` must be non-negative, got {self.rcond}.")
@@ -49,7 +51,7 @@ class SVD(AbstractLinearSolver):
         s_inv = jnp.where(big, 1 / jnp.where(big, s, 1), 0).astype(b.dtype)
         x = jnp.conj(vh).T @ (s_inv * (jnp.conj(u).T @ b))
         # An infinite entry of A can leave x finite (its column is cut off); the spectrum shows it.
-        return unflat(x, solution_structure(state.structs)), finite_factor_result(s), {}
+        return unflat(x, solution_structure(state.structs)), finite_factor_result(s, solution=x), {}
 
     def transpose(self, state: _SVDState, options):
         # Aᵀ = vhᵀ S uᵀ.

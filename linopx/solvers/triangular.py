@@ -33,6 +33,8 @@ class Triangular(AbstractLinearSolver):
     `lx.lower_triangular_tag` or `lx.upper_triangular_tag` (with `lx.unit_diagonal_tag` the diagonal is
     not read). A zero on the diagonal gives `RESULTS.singular`."""
 
+    _verdict_checks_solution = True
+
     def init(self, operator, options):
         check_square(operator, "Triangular")
         if is_lower_triangular(operator):
@@ -58,7 +60,7 @@ class Triangular(AbstractLinearSolver):
             transpose_a=state.transposed,
             unit_diagonal=state.unit_diagonal,
         )[:, 0]
-        result = finite_factor_result(jnp.diagonal(state.matrix))
+        result = finite_factor_result(jnp.diagonal(state.matrix), solution=x)
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _TriangularState, options):

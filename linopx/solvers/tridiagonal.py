@@ -32,6 +32,8 @@ class Tridiagonal(AbstractLinearSolver):
     `lx.tridiagonal_tag`), through `jax.lax.linalg.tridiagonal_solve`. A matrix-free operator tagged
     tridiagonal is read with three `mv`s. A singular system gives `RESULTS.singular`."""
 
+    _verdict_checks_solution = True
+
     def init(self, operator, options):
         check_square(operator, "Tridiagonal")
         if not is_tridiagonal(operator):
@@ -50,7 +52,7 @@ class Tridiagonal(AbstractLinearSolver):
         dl = jnp.concatenate([zero, state.lower.astype(dtype)])
         du = jnp.concatenate([state.upper.astype(dtype), zero])
         x = tridiagonal_solve(dl, state.diagonal.astype(dtype), du, b[:, None])[:, 0]
-        result = finite_factor_result(state.diagonal, state.lower, state.upper)
+        result = finite_factor_result(state.diagonal, state.lower, state.upper, solution=x)
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _TridiagonalState, options):
