@@ -50,7 +50,14 @@ def test_non_operator_without_shape():
 
 @pytest.mark.parametrize(
     "vector",
-    [jnp.ones(4), jnp.ones((3, 1)), jnp.ones(()), {"a": jnp.ones(3)}, (jnp.ones(3),), [jnp.ones(3)]],
+    [
+        jnp.ones(4),
+        jnp.ones((3, 1)),
+        jnp.ones(()),
+        {"a": jnp.ones(3)},
+        (jnp.ones(3),),
+        [jnp.ones(3)],
+    ],
     ids=["long", "2d", "scalar", "dict", "tuple", "list"],
 )
 def test_vector_structure_mismatch(vector, rng):
@@ -135,11 +142,15 @@ def test_options(rng):
     with pytest.raises(TypeError, match="dict"):
         lx.linear_solve(op, jnp.ones(3), options=[("y0", jnp.ones(3))])
     # The known ones are accepted (and ignored by direct solvers).
-    x = lx.linear_solve(op, jnp.ones(3), lx.LU(), options={"y0": jnp.zeros(3), "preconditioner": op})
+    x = lx.linear_solve(
+        op, jnp.ones(3), lx.LU(), options={"y0": jnp.zeros(3), "preconditioner": op}
+    )
     np.testing.assert_allclose(x.value, np.linalg.solve(op.matrix, np.ones(3)), **TOL)
 
 
-@pytest.mark.parametrize("solver", ["LU", lx.LU, None, np.linalg.solve], ids=["str", "class", "none", "function"])
+@pytest.mark.parametrize(
+    "solver", ["LU", lx.LU, None, np.linalg.solve], ids=["str", "class", "none", "function"]
+)
 def test_non_solver(solver, rng):
     with pytest.raises(TypeError, match="solver"):
         lx.linear_solve(_op(rng), jnp.ones(3), solver)
@@ -152,8 +163,12 @@ def test_bad_solver_fields():
         lx.AutoLinearSolver(well_posed="yes")
 
 
-@pytest.mark.parametrize("cls", [lx.SVD, lx.PivotedQR, lx.Diagonal], ids=["svd", "pivoted-qr", "diagonal"])
-@pytest.mark.parametrize("rcond", [-1.0, -1e-30, float("nan")], ids=["minus-one", "tiny-negative", "nan"])
+@pytest.mark.parametrize(
+    "cls", [lx.SVD, lx.PivotedQR, lx.Diagonal], ids=["svd", "pivoted-qr", "diagonal"]
+)
+@pytest.mark.parametrize(
+    "rcond", [-1.0, -1e-30, float("nan")], ids=["minus-one", "tiny-negative", "nan"]
+)
 def test_bad_rcond(cls, rcond):
     with pytest.raises(ValueError, match="rcond"):
         cls(rcond=rcond)
@@ -179,7 +194,9 @@ def test_integer_input_is_cast_to_float64(solver):
             assert sol.value.dtype == jnp.float64
             np.testing.assert_allclose(sol.value, expected, **TOL)
     # A float matrix with an integer vector, and under jit.
-    out = jax.jit(lambda b: lx.linear_solve(lx.MatrixLinearOperator(a_int * 1.0), b, solver).value)(b_int)
+    out = jax.jit(lambda b: lx.linear_solve(lx.MatrixLinearOperator(a_int * 1.0), b, solver).value)(
+        b_int
+    )
     assert out.dtype == jnp.float64
     np.testing.assert_allclose(out, expected, **TOL)
 
@@ -253,7 +270,8 @@ SINGULAR = {
     "name, solver, kind, tags",
     [c for c in ALL_SOLVERS if c[0] not in ("pivoted-qr", "svd", "diagonal")]
     + [("diagonal-well-posed", lx.Diagonal(well_posed=True), "diagonal", (lx.diagonal_tag,))],
-    ids=[c[0] for c in ALL_SOLVERS if c[0] not in ("pivoted-qr", "svd", "diagonal")] + ["diagonal-well-posed"],
+    ids=[c[0] for c in ALL_SOLVERS if c[0] not in ("pivoted-qr", "svd", "diagonal")]
+    + ["diagonal-well-posed"],
 )
 def test_singular(name, solver, kind, tags):
     a = SINGULAR[kind]
@@ -266,7 +284,12 @@ def test_singular(name, solver, kind, tags):
 
 @pytest.mark.parametrize(
     "solver",
-    [lx.PivotedQR(), lx.SVD(), lx.Diagonal(well_posed=False), lx.AutoLinearSolver(well_posed=False)],
+    [
+        lx.PivotedQR(),
+        lx.SVD(),
+        lx.Diagonal(well_posed=False),
+        lx.AutoLinearSolver(well_posed=False),
+    ],
     ids=["pivoted-qr", "svd", "diagonal", "auto-false"],
 )
 def test_singular_is_fine_for_pseudoinverse_solvers(solver):
@@ -281,7 +304,10 @@ def test_cholesky_indefinite_is_singular():
     # Tagged positive semidefinite but indefinite: documented to give RESULTS.singular.
     a = np.array([[1.0, 2.0], [2.0, 1.0]])
     sol = lx.linear_solve(
-        lx.MatrixLinearOperator(a, lx.positive_semidefinite_tag), np.ones(2), lx.Cholesky(), throw=False
+        lx.MatrixLinearOperator(a, lx.positive_semidefinite_tag),
+        np.ones(2),
+        lx.Cholesky(),
+        throw=False,
     )
     assert sol.result == lx.RESULTS.singular
 
@@ -313,7 +339,32 @@ def test_numerically_singular_is_reported(name, solver, kind, tags, seed):
         a = make_matrix(rng, (4, 4), np.float64, "rank_deficient(3)")
     b = random_vector(rng, a.shape[0], np.float64)
     sol = lx.linear_solve(lx.MatrixLinearOperator(a, tags), b, solver, throw=False)
-    assert sol.result == lx.RESULTS.singular, f"successful, with |x| = {np.linalg.norm(sol.value):.3g}"
+    assert sol.result == lx.RESULTS.singular, (
+        f"successful, with |x| = {np.linalg.norm(sol.value):.3g}"
+    )
+
+
+@pytest.mark.parametrize(
+    "solver, tags",
+    [
+        (lx.LU(), ()),
+        (lx.QR(), ()),
+        (lx.Cholesky(), (lx.positive_semidefinite_tag,)),
+        (lx.Diagonal(), (lx.diagonal_tag,)),
+        (lx.Triangular(), (lx.lower_triangular_tag,)),
+        (lx.Tridiagonal(), (lx.tridiagonal_tag,)),
+    ],
+    ids=["lu", "qr", "cholesky", "diagonal", "triangular", "tridiagonal"],
+)
+def test_overflowing_solution_of_finite_inputs_is_singular(solver, tags):
+    # Finite inputs, well-scaled pivots, but x = 1e200 / 1e-200 overflows: the solve must fail, and
+    # as `singular` (the inputs are finite, so "non-finite input" would be the wrong message).
+    a = 1e-200 * np.eye(3)
+    b = np.full(3, 1e200)
+    sol = lx.linear_solve(lx.MatrixLinearOperator(a, tags), b, solver, throw=False)
+    assert sol.result == lx.RESULTS.singular
+    with pytest.raises(Exception, match=SINGULAR_MESSAGE):
+        jax.block_until_ready(lx.linear_solve(lx.MatrixLinearOperator(a, tags), b, solver).value)
 
 
 def test_error_under_jit_carries_message(rng):

@@ -428,6 +428,64 @@ def test_never_successful_above_tolerance(rng):
         ) <= 1e-12 * np.linalg.norm(b)
 
 
+def _ill_conditioned_float32(seed, n, cond):
+    # A symmetric positive definite float32 matrix with eigenvalues spread geometrically over
+    # [1, cond]: in float32 the residual CG updates drifts away from the true one.
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    a = (q * np.geomspace(1, cond, n)) @ q.T
+    return ((a + a.T) / 2).astype(np.float32), rng.normal(size=n).astype(np.float32)
+
+
+def _true_relative_residual(a, b, x):
+    a, b, x = (np.asarray(v, np.float64) for v in (a, b, x))
+    return np.linalg.norm(b - a @ x) / np.linalg.norm(b)
+
+
+def test_cg_restarts_from_true_residual():
+    # Here the residual that CG updates meets rtol = 3e-5 while the true one does not: plain CG
+    # (jax.scipy) stops with a true residual above the tolerance. linopx's CG checks the true
+    # residual, restarts from it, and succeeds with the true residual below the tolerance.
+    a, b = _ill_conditioned_float32(0, 200, 1e3)
+    rtol = 3e-5
+    x_plain, _ = jax.scipy.sparse.linalg.cg(jnp.asarray(a), jnp.asarray(b), tol=rtol, atol=0.0)
+    assert _true_relative_residual(a, b, x_plain) > rtol  # the premise: the recurrence drifted
+    sol = _solve(a, b, lx.CG(rtol=rtol, atol=0.0), lx.positive_semidefinite_tag, throw=False)
+    assert sol.result == lx.RESULTS.successful
+    assert _true_relative_residual(a, b, sol.value) <= rtol
+    # The reported residual is the true one (computed in float32, hence the 1e-3 slack).
+    np.testing.assert_allclose(
+        float(sol.stats["residual_norm"]) / np.linalg.norm(b),
+        _true_relative_residual(a, b, sol.value),
+        rtol=1e-3,
+    )
+
+
+def test_cg_stagnation_is_reported_early():
+    # A tolerance float32 cannot reach: CG reports stagnation well before max_steps (10 n = 2000).
+    a, b = _ill_conditioned_float32(0, 200, 1e2)
+    sol = _solve(a, b, lx.CG(rtol=1e-7, atol=0.0), lx.positive_semidefinite_tag, throw=False)
+    assert sol.result == lx.RESULTS.stagnation
+    assert int(sol.stats["num_steps"]) < 500
+    with pytest.raises(Exception, match="stagnated"):
+        _solve(
+            a, b, lx.CG(rtol=1e-7, atol=0.0), lx.positive_semidefinite_tag
+        ).value.block_until_ready()
+
+
+def test_cg_max_steps_reports_true_residual(rng):
+    a = spd(rng, 20)
+    b = random_vector(rng, 20, np.float64)
+    sol = _solve(
+        a, b, lx.CG(rtol=1e-14, atol=0.0, max_steps=3), lx.positive_semidefinite_tag, throw=False
+    )
+    assert sol.result == lx.RESULTS.max_steps_reached
+    assert int(sol.stats["num_steps"]) == 3
+    np.testing.assert_allclose(
+        float(sol.stats["residual_norm"]), np.linalg.norm(b - a @ np.asarray(sol.value)), rtol=1e-10
+    )
+
+
 def test_breakdown(rng):
     # CG on a PSD-tagged operator that is indefinite: pᵀAp < 0 at the first step for b = e_1.
     a = np.diag([-1.0, 2.0, 3.0])

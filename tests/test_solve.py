@@ -198,7 +198,9 @@ def test_structured_operators(solver, name, make, dtype, rng):
     b = random_vector(rng, dense.shape[0], dtype)
     sol = lx.linear_solve(built.operator, built.from_flat_out(b), solver)
     assert_structure(sol.value, built.in_structure)
-    np.testing.assert_allclose(built.to_flat_in(sol.value), reference(dense, b), **tolerances(dtype))
+    np.testing.assert_allclose(
+        built.to_flat_in(sol.value), reference(dense, b), **tolerances(dtype)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
@@ -212,20 +214,33 @@ def test_structured_operators(solver, name, make, dtype, rng):
         ("tridiagonal", lx.LU()),
         ("tridiagonal_plus_diagonal", lx.Tridiagonal()),
     ],
-    ids=["diagonal", "diagonal-well-posed", "pytree-diagonal", "tridiagonal", "tridiagonal-lu",
-         "tridiagonal-plus-diagonal"],
+    ids=[
+        "diagonal",
+        "diagonal-well-posed",
+        "pytree-diagonal",
+        "tridiagonal",
+        "tridiagonal-lu",
+        "tridiagonal-plus-diagonal",
+    ],
 )
 def test_structured_operators_explicit_solver(name, solver, dtype, rng):
     built, dense = dict(STRUCTURED_BUILDERS)[name](rng, 5, dtype)
     b = random_vector(rng, 5, dtype)
     sol = lx.linear_solve(built.operator, built.from_flat_out(b), solver)
-    np.testing.assert_allclose(built.to_flat_in(sol.value), np.linalg.solve(dense, b), **tolerances(dtype))
+    np.testing.assert_allclose(
+        built.to_flat_in(sol.value), np.linalg.solve(dense, b), **tolerances(dtype)
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize(
     "solver",
-    [lx.Diagonal(well_posed=False), lx.AutoLinearSolver(well_posed=False), lx.SVD(), lx.PivotedQR()],
+    [
+        lx.Diagonal(well_posed=False),
+        lx.AutoLinearSolver(well_posed=False),
+        lx.SVD(),
+        lx.PivotedQR(),
+    ],
     ids=["diagonal", "auto-false", "svd", "pivoted-qr"],
 )
 def test_diagonal_with_zero_entry_gives_pinv(solver, dtype, rng):
@@ -244,12 +259,18 @@ def test_diagonal_rcond_truncates_small_entries():
     b = jnp.array([1.0, 1.0, 1.0])
     op = lx.DiagonalLinearOperator(d)
     # Below the threshold 1e-8 * max|d| = 2e-8: treated as zero.
-    np.testing.assert_allclose(lx.linear_solve(op, b, lx.Diagonal(rcond=1e-8)).value, [1.0, 0.0, 0.5])
+    np.testing.assert_allclose(
+        lx.linear_solve(op, b, lx.Diagonal(rcond=1e-8)).value, [1.0, 0.0, 0.5]
+    )
     # Default threshold n * eps: kept.
-    np.testing.assert_allclose(lx.linear_solve(op, b, lx.Diagonal()).value, [1.0, 1e9, 0.5], rtol=1e-14)
+    np.testing.assert_allclose(
+        lx.linear_solve(op, b, lx.Diagonal()).value, [1.0, 1e9, 0.5], rtol=1e-14
+    )
 
 
-@pytest.mark.parametrize("solver", [lx.SVD(rcond=1e-3), lx.PivotedQR(rcond=1e-3)], ids=["svd", "pivoted-qr"])
+@pytest.mark.parametrize(
+    "solver", [lx.SVD(rcond=1e-3), lx.PivotedQR(rcond=1e-3)], ids=["svd", "pivoted-qr"]
+)
 def test_rcond_truncates_small_singular_values(solver, rng):
     # A full-rank matrix with one singular value at 1e-6: with rcond=1e-3 it is treated as rank 3.
     u, _ = np.linalg.qr(rng.standard_normal((4, 4)))
@@ -370,13 +391,17 @@ def test_select_solver(kind, shape, well_posed, expected, builder_name, dtype, r
 )
 def test_select_solver_structured(name, well_posed, expected, rng):
     built, _ = dict(STRUCTURED_BUILDERS)[name](rng, 4, np.float64)
-    assert type(lx.AutoLinearSolver(well_posed=well_posed).select_solver(built.operator)) is expected
+    assert (
+        type(lx.AutoLinearSolver(well_posed=well_posed).select_solver(built.operator)) is expected
+    )
 
 
 def test_auto_state_records_the_choice(rng):
     a = make_matrix(rng, SQUARE, np.float64, "spd")
     op = lx.MatrixLinearOperator(a, lx.positive_semidefinite_tag)
-    sol = lx.linear_solve(op, random_vector(rng, 4, np.float64), lx.AutoLinearSolver(well_posed=True))
+    sol = lx.linear_solve(
+        op, random_vector(rng, 4, np.float64), lx.AutoLinearSolver(well_posed=True)
+    )
     assert isinstance(sol.state.solver, lx.Cholesky)
 
 
@@ -490,7 +515,9 @@ def test_reuse_state(solver, kind, shape, factorization, rng):
 
     assert _count_primitives(jax.make_jaxpr(without_state)(a, b2))[factorization] == 1
     assert _count_primitives(jax.make_jaxpr(with_state)(a, b2, state))[factorization] == 0
-    np.testing.assert_allclose(jax.jit(with_state)(a, b2, state), sol2.value, **tolerances(np.float64))
+    np.testing.assert_allclose(
+        jax.jit(with_state)(a, b2, state), sol2.value, **tolerances(np.float64)
+    )
 
 
 @pytest.mark.parametrize(
@@ -562,3 +589,58 @@ def test_full_rank_qr_and_normal_property(m, n, complex_, seed):
     for solver in (lx.QR(), lx.Normal(lx.Cholesky()), lx.AutoLinearSolver(well_posed=None)):
         x = lx.linear_solve(lx.MatrixLinearOperator(a), b, solver).value
         np.testing.assert_allclose(x, expected, **tolerances(dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracing: a solve is traced once per compilation (its lowering reuses that trace)
+
+
+class _CountingLU(lx.LU):
+    def compute(self, state, vector, options):
+        _COMPUTE_CALLS.append(1)
+        return super().compute(state, vector, options)
+
+
+_COMPUTE_CALLS: list = []
+
+
+def test_solver_is_traced_once_per_compilation(rng):
+    a = make_matrix(rng, (5, 5), np.float64)
+    b = random_vector(rng, 5, np.float64)
+    _COMPUTE_CALLS.clear()
+    # A fresh shape, so that nothing is cached yet; `throw=False` keeps the checks out.
+    a7 = make_matrix(rng, (7, 7), np.float64)
+    b7 = random_vector(rng, 7, np.float64)
+    fn = jax.jit(
+        lambda a, b: (
+            lx.linear_solve(lx.MatrixLinearOperator(a), b, _CountingLU(), throw=False).value
+        )
+    )
+    np.testing.assert_allclose(fn(a7, b7), np.linalg.solve(a7, b7), rtol=1e-10)
+    assert len(_COMPUTE_CALLS) == 1
+    np.testing.assert_allclose(fn(a, b), np.linalg.solve(a, b), rtol=1e-10)
+    assert len(_COMPUTE_CALLS) == 2
+
+
+def test_solve_closing_over_a_large_array(rng):
+    # An operator function that captures a large constant, used inside the solve (GMRES applies
+    # the operator): the traced program is not cached (the cache must not keep users' arrays
+    # alive), the lowering traces again, and the solve is still right.
+    from linopx.autodiff import primitive
+
+    n = 400
+    big = jnp.asarray(make_matrix(rng, (n, n), np.float64) + 3 * np.eye(n))  # 1.3 MB
+    struct = jax.ShapeDtypeStruct((n,), jnp.float64)
+    b = random_vector(rng, n, np.float64)
+
+    @jax.jit
+    def solve(b):
+        op = lx.FunctionLinearOperator(lambda v: big @ v, struct)
+        return lx.linear_solve(op, b, lx.GMRES(rtol=1e-12, atol=0.0)).value
+
+    primitive._TRACE_CACHE.clear()
+    expected = np.linalg.solve(np.asarray(big), b)
+    # GMRES stops at |r| <= 1e-12 |b|; the condition number here is ~1e2.
+    assert np.linalg.norm(solve(b) - expected) <= 1e-8 * np.linalg.norm(expected)
+    entries = list(primitive._TRACE_CACHE.values())
+    assert entries and all(e[2] is None for e in entries)

@@ -22,6 +22,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
@@ -144,64 +145,82 @@ def _flat_outputs(value, result, stats):
     return [jnp.asarray(x) for x in jax.tree_util.tree_leaves((value, result, stats))]
 
 
-def _impl(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
+def _member_fn(static: _Static, batch: tuple, check: bool, record: list | None = None):
+    """The flat-output function of one bind (vmapped once per level of `batch`). `record`, if
+    given, receives the tree structure of one member's `(value, result, stats)`."""
+
     def f(leaves):
-        return _flat_outputs(*_compute_unbatched(leaves, static, check))
+        out = _compute_unbatched(leaves, static, check)
+        if record is not None:
+            record.append(jax.tree_util.tree_structure(out))
+        return _flat_outputs(*out)
 
     for axes in batch:
         f = jax.vmap(f, in_axes=(list(axes),), out_axes=0)
-    return f(list(leaves))
+    return f
 
 
-_SHAPE_CACHE: OrderedDict = OrderedDict()
-_SHAPE_CACHE_SIZE = 512
+def _impl(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
+    return _member_fn(static, batch, check)(list(leaves))
 
 
-def _out_info(static: _Static, avals: tuple, batch: tuple):
-    """(output treedef of `(value, result, stats)` per member, batched output avals); cached."""
-    key = (static, avals, batch)
+# Per `(static, avals, batch, check)`: the output tree structure of one member, the output avals,
+# and the traced program, which the lowering below reuses rather than tracing the solver again
+# (tracing is a sizeable part of compile time). A program that captured large constants is not
+# kept: the cache must not hold on to users' arrays.
+_TRACE_CACHE: OrderedDict = OrderedDict()
+_TRACE_CACHE_SIZE = 512
+_MAX_CACHED_CONST_BYTES = 1 << 20
+
+
+def _key_avals(avals) -> tuple:
+    return tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in avals)
+
+
+def _out_info(static: _Static, avals: tuple, batch: tuple, check: bool = False):
+    """`(treedef, out_avals, jaxpr)`: the tree structure of one (unbatched) member's
+    `(value, result, stats)`, the batched output avals, and the traced program (a closed jaxpr,
+    or None if it was not kept). Cached."""
+    key = (static, _key_avals(avals), batch, check)
     try:
-        out = _SHAPE_CACHE[key]
-        _SHAPE_CACHE.move_to_end(key)
+        out = _TRACE_CACHE[key]
+        _TRACE_CACHE.move_to_end(key)
         return out
     except KeyError:
         pass
     structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
-
-    def member(leaves):
-        return _compute_unbatched(leaves, static)
-
-    def f(leaves):
-        return _flat_outputs(*member(leaves))
-
-    # The tree structure of one member (unbatched); the caller sees unbatched values.
-    unbatched_structs = structs
-    for axes in reversed(batch):
-        unbatched_structs = [
-            s if ax is None else jax.ShapeDtypeStruct(s.shape[:ax] + s.shape[ax + 1 :], s.dtype)
-            for s, ax in zip(unbatched_structs, axes)
-        ]
-    treedef = jax.tree_util.tree_structure(jax.eval_shape(member, unbatched_structs))
-    g = f
-    for axes in batch:
-        g = jax.vmap(g, in_axes=(list(axes),), out_axes=0)
-    out_structs = jax.eval_shape(g, structs)
-    out = (treedef, tuple(jax.core.ShapedArray(s.shape, s.dtype) for s in out_structs))
-    _SHAPE_CACHE[key] = out
-    if len(_SHAPE_CACHE) > _SHAPE_CACHE_SIZE:
-        _SHAPE_CACHE.popitem(last=False)
+    record: list = []
+    closed = jax.make_jaxpr(_member_fn(static, batch, check, record))(structs)
+    consts_bytes = sum(getattr(c, "nbytes", 0) for c in closed.consts)
+    out = (
+        record[0],
+        tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in closed.out_avals),
+        closed if consts_bytes <= _MAX_CACHED_CONST_BYTES else None,
+    )
+    _TRACE_CACHE[key] = out
+    if len(_TRACE_CACHE) > _TRACE_CACHE_SIZE:
+        _TRACE_CACHE.popitem(last=False)
     return out
 
 
 def _abstract_eval(*avals, static, batch, throw, check):
-    return _out_info(static, tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in avals), batch)[1]
+    return _out_info(static, avals, batch, check)[1]
+
+
+def _lowering(ctx, *args, static, batch, throw, check):
+    closed = _out_info(static, ctx.avals_in, batch, check)[2]
+    if closed is None:
+        fn = functools.partial(_impl, static=static, batch=batch, throw=throw, check=check)
+    else:
+        fn = jax_core.jaxpr_as_fun(closed)
+    return mlir.lower_fun(fn, multiple_results=True)(ctx, *args)
 
 
 linear_solve_p = Primitive("linopx_linear_solve")
 linear_solve_p.multiple_results = True
 linear_solve_p.def_impl(_impl)
 linear_solve_p.def_abstract_eval(_abstract_eval)
-mlir.register_lowering(linear_solve_p, mlir.lower_fun(_impl, multiple_results=True))
+mlir.register_lowering(linear_solve_p, _lowering)
 
 
 def bind_solve(operator, state, vector, options, solver, throw: bool, check: bool | None = None):
@@ -215,7 +234,7 @@ def bind_solve(operator, state, vector, options, solver, throw: bool, check: boo
         check = throw
     leaves, static = _split(operator, state, vector, options, solver)
     avals = tuple(jax.core.ShapedArray(jnp.shape(x), jnp.result_type(x)) for x in leaves)
-    treedef, _ = _out_info(static, avals, ())
+    treedef = _out_info(static, avals, (), check)[0]
     out = linear_solve_p.bind(*leaves, static=static, batch=(), throw=throw, check=check)
     value, (result, solver_result), stats = jax.tree_util.tree_unflatten(treedef, out)
     return value, result, solver_result, stats
@@ -301,7 +320,7 @@ def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool, check
     has_vec = any(type(t) is not ad.Zero for t in vec_tangents)
 
     avals = tuple(jax.core.ShapedArray(jnp.shape(p), jnp.result_type(p)) for p in primals)
-    treedef, out_avals = _out_info(static, avals, batch)
+    treedef, out_avals, _ = _out_info(static, avals, batch, check)
     n_value = treedef.children()[0].num_leaves
     zeros_out = [ad.Zero(a.to_tangent_aval()) for a in out_avals]
     if not (has_op or has_vec):
@@ -385,7 +404,7 @@ def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool, check:
         p.aval if ad.is_undefined_primal(p) else jax.core.ShapedArray(jnp.shape(p), jnp.result_type(p))
         for p in primals
     )
-    treedef, out_avals = _out_info(static, avals, batch)
+    treedef, out_avals, _ = _out_info(static, avals, batch, check)
     n_value = treedef.children()[0].num_leaves
     value_cts = [
         jnp.zeros(a.shape, a.dtype) if type(ct) is ad.Zero else ct

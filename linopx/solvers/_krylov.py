@@ -310,6 +310,11 @@ def scale(a, x):
     return jax.tree_util.tree_map(lambda xi: a * xi, x)
 
 
+def select(pred, x, y):
+    """`x` where the scalar `pred` holds, else `y`."""
+    return jax.tree_util.tree_map(lambda xi, yi: jnp.where(pred, xi, yi), x, y)
+
+
 def axpy(a, x, y):
     """`a x + y`."""
     return jax.tree_util.tree_map(lambda xi, yi: a * xi + yi, x, y)

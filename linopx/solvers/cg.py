@@ -10,8 +10,18 @@ from jax import lax
 
 from ..linops.functions import is_negative_semidefinite, is_positive_semidefinite
 from . import _krylov as K
+from .._solution import RESULTS
 from ._misc import check_square
 from .base import AbstractLinearSolver
+
+# The scalars CG carries, packed into one array of the real dtype: rᴴ M r, |r|², the smallest
+# true |r|² seen at a check, whether the next iteration is a check (0/1), and the state below.
+_RZ, _RR, _BEST, _CHECKING, _STATE, _K = range(6)
+_RUNNING, _DONE, _BROKE, _STALLED = 0, 1, 2, 3
+
+
+def _pack(dtype, *scalars):
+    return jnp.stack([jnp.asarray(v).astype(dtype) for v in scalars])
 
 
 class CG(AbstractLinearSolver):
@@ -105,48 +115,78 @@ class CG(AbstractLinearSolver):
         else:
             mv_pos = mv
         max_steps = K.default_max_steps(self.max_steps, operator.in_size())
-        bnorm = K.norm(b)
-        tol2 = K.tolerance(self.rtol, self.atol, bnorm) ** 2
-
-        def inner(x, start, k):
-            # Preconditioned CG, e.g. Saad, "Iterative Methods for Sparse Linear Systems" (2003),
-            # Algorithm 9.1. The carry is the minimum: x, r, p, rᴴz (and |r|² if preconditioned).
-            r, rr = start
-            z = r if precond is None else precond(r)
-            rz = rr if precond is None else K.rdot(r, z)
-            ok = (rz > 0) | (rr <= tol2)
-
-            def cond(c):
-                return (c[4] > tol2) & (c[5] < max_steps) & c[6]
-
-            def body(c):
-                x, r, p, rz, _, k, _ = c
-                ap = mv_pos(p)
-                pap = K.rdot(p, ap)
-                ok = pap > 0
-                # On breakdown leave x and r as they are (a scalar `where`, not a vector one).
-                alpha = jnp.where(ok, rz / jnp.where(ok, pap, 1), 0).astype(dtype)
-                x = K.axpy(alpha, p, x)
-                r = K.axpy(-alpha, ap, r)
-                z = r if precond is None else precond(r)
-                rz_new = K.rdot(r, z)
-                rr = rz_new if precond is None else K.rdot(r, r)
-                # rᴴ M r <= 0 with r != 0: the preconditioner is not positive definite.
-                ok = ok & ((rz_new > 0) | (rr <= tol2))
-                beta = (rz_new / rz).astype(dtype)
-                p = K.axpy(beta, p, z)
-                return x, r, p, rz_new, rr, k + 1, ok
-
-            x, r, _, _, _, k, ok = lax.while_loop(cond, body, (x, r, z, rz, rr, k, ok))
-            return x, k, jnp.logical_not(ok), None
-
-        check = K.true_residual_check(b, mv_pos, tol2, squared=True)
-        x0, r0 = K.initial_guess(options, xs, b, mv_pos)
-        rr0 = K.rdot(r0, r0)
-        x, result, stats = K.refine(
-            inner, check, x0, (r0, rr0), rr0 <= tol2, jnp.sqrt(rr0)[None], max_steps
+        bb = K.rdot(b, b)
+        # max(rtol |b|, atol)², without a square root.
+        tol2 = jnp.maximum(
+            jnp.asarray(self.rtol, bb.dtype) ** 2 * bb, jnp.asarray(self.atol, bb.dtype) ** 2
         )
-        return xs.unpack(x), result, stats
+        x0, r0 = K.initial_guess(options, xs, b, mv_pos)
+        z0 = r0 if precond is None else precond(r0)
+        rz0 = K.rdot(r0, z0)
+        rr0 = rz0 if precond is None else K.rdot(r0, r0)
+        real = rz0.dtype
+
+        # Preconditioned CG (e.g. Saad, "Iterative Methods for Sparse Linear Systems" (2003),
+        # Algorithm 9.1) with the true-residual check folded into the same loop: once the updated
+        # residual meets the tolerance, the next iteration is a *check* iteration that multiplies
+        # `x` instead of `p` (`p` is set to `x` for it), giving the true residual `b - A x`. If
+        # that meets the tolerance the solve is done; otherwise CG restarts from it (`beta = 0`),
+        # unless it is no smaller than at the previous check (stagnation).
+        #
+        # Compile time: one loop holding one product keeps the program the size of a plain CG
+        # loop, and the scalar bookkeeping travels as one small array `s` (see `_S`), so that XLA
+        # builds one kernel for it rather than one per scalar.
+        def cond(c):
+            s = c[3]
+            return (s[_STATE] == _RUNNING) & ((s[_K] < max_steps) | (s[_CHECKING] > 0))
+
+        def body(c):
+            x, r, p, s = c
+            rz, best, checking, k = s[_RZ], s[_BEST], s[_CHECKING] > 0, s[_K]
+            ap = mv_pos(p)
+            pap = K.rdot(p, ap)
+            ok = checking | (pap > 0)
+            # No step in a check iteration, nor on breakdown (a scalar `where`, not a vector one).
+            step = ok & jnp.logical_not(checking)
+            alpha = jnp.where(step, rz / jnp.where(step, pap, 1), 0).astype(dtype)
+            x = K.axpy(alpha, p, x)
+            r = K.select(checking, K.sub(b, ap), K.axpy(-alpha, ap, r))
+            z = r if precond is None else precond(r)
+            rz_new = K.rdot(r, z)
+            rr = rz_new if precond is None else K.rdot(r, r)
+            converged = rr <= tol2
+            # rᴴ M r <= 0 with r != 0: the preconditioner is not positive definite.
+            ok = ok & ((rz_new > 0) | converged)
+            k = jnp.where(checking, k, k + 1)
+            # Check the true residual when the updated one converges, and after the last step.
+            check_next = jnp.logical_not(checking) & ok & (converged | (k >= max_steps))
+            beta = jnp.where(checking, 0, rz_new / rz).astype(dtype)
+            p = K.select(check_next, x, K.axpy(beta, p, z))
+            stalled = checking & jnp.logical_not(converged) & (rr >= best)
+            state = jnp.where(
+                jnp.logical_not(ok),
+                _BROKE,
+                jnp.where(checking & converged, _DONE, jnp.where(stalled, _STALLED, _RUNNING)),
+            )
+            best = jnp.where(checking, jnp.minimum(best, rr), best)
+            return x, r, p, _pack(real, rz_new, rr, best, check_next, state, k)
+
+        # `r0` is a true residual (`b`, or `b - A y0`): a start that meets the tolerance is done.
+        converged0 = rr0 <= tol2
+        state0 = jnp.where((rz0 > 0) | converged0, jnp.where(converged0, _DONE, _RUNNING), _BROKE)
+        s0 = _pack(real, rz0, rr0, jnp.inf, False, state0, 0)
+        x, _, _, s = lax.while_loop(cond, body, (x0, r0, z0, s0))
+        state = s[_STATE]
+        result = RESULTS.where(
+            state == _DONE,
+            RESULTS.successful,
+            RESULTS.where(
+                state == _BROKE,
+                RESULTS.breakdown,
+                RESULTS.where(state == _STALLED, RESULTS.stagnation, RESULTS.max_steps_reached),
+            ),
+        )
+        return xs.unpack(x), result, {"num_steps": s[_K].astype(jnp.int32), "residual_norm": jnp.sqrt(s[_RR])}
 
     def transpose(self, state: K.KrylovState, options):
         return K.transposed(state, options, least_squares=False)
