@@ -622,25 +622,34 @@ def test_solver_is_traced_once_per_compilation(rng):
     assert len(_COMPUTE_CALLS) == 2
 
 
-def test_solve_closing_over_a_large_array(rng):
-    # An operator function that captures a large constant, used inside the solve (GMRES applies
-    # the operator): the traced program is not cached (the cache must not keep users' arrays
-    # alive), the lowering traces again, and the solve is still right.
+_GLOBAL_MATRIX: list = []
+
+
+def _apply_global_matrix(v):
+    return _GLOBAL_MATRIX[0] @ v
+
+
+def test_solve_with_a_large_global_constant(rng):
+    # An operator function that reads a large array from a global (a closure's arrays become
+    # operands, but a global's become constants of the traced program). GMRES applies the
+    # operator inside the solve, so the program captures 1.3 MB: it is not cached (the cache must
+    # not keep users' arrays alive), the lowering traces again, and the solve is still right.
     from linopx.autodiff import primitive
 
     n = 400
-    big = jnp.asarray(make_matrix(rng, (n, n), np.float64) + 3 * np.eye(n))  # 1.3 MB
+    _GLOBAL_MATRIX[:] = [jnp.asarray(make_matrix(rng, (n, n), np.float64) + 3 * np.eye(n))]
     struct = jax.ShapeDtypeStruct((n,), jnp.float64)
     b = random_vector(rng, n, np.float64)
 
     @jax.jit
     def solve(b):
-        op = lx.FunctionLinearOperator(lambda v: big @ v, struct)
+        op = lx.FunctionLinearOperator(_apply_global_matrix, struct)
         return lx.linear_solve(op, b, lx.GMRES(rtol=1e-12, atol=0.0)).value
 
     primitive._TRACE_CACHE.clear()
-    expected = np.linalg.solve(np.asarray(big), b)
+    expected = np.linalg.solve(np.asarray(_GLOBAL_MATRIX[0]), b)
     # GMRES stops at |r| <= 1e-12 |b|; the condition number here is ~1e2.
     assert np.linalg.norm(solve(b) - expected) <= 1e-8 * np.linalg.norm(expected)
     entries = list(primitive._TRACE_CACHE.values())
     assert entries and all(e[2] is None for e in entries)
+    _GLOBAL_MATRIX.clear()
