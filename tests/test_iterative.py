@@ -442,34 +442,26 @@ def _true_relative_residual(a, b, x):
     return np.linalg.norm(b - a @ x) / np.linalg.norm(b)
 
 
-def test_cg_restarts_from_true_residual():
+def test_cg_drift_is_not_success():
     # Here the residual that CG updates meets rtol = 3e-5 while the true one does not: plain CG
-    # (jax.scipy) stops with a true residual above the tolerance. linopx's CG checks the true
-    # residual, restarts from it, and succeeds with the true residual below the tolerance.
+    # (jax.scipy) stops there silently. linopx's CG checks the true residual at the end and reports
+    # `stagnation`, with the true residual norm in its stats.
     a, b = _ill_conditioned_float32(0, 200, 1e3)
     rtol = 3e-5
     x_plain, _ = jax.scipy.sparse.linalg.cg(jnp.asarray(a), jnp.asarray(b), tol=rtol, atol=0.0)
     assert _true_relative_residual(a, b, x_plain) > rtol  # the premise: the recurrence drifted
     sol = _solve(a, b, lx.CG(rtol=rtol, atol=0.0), lx.positive_semidefinite_tag, throw=False)
-    assert sol.result == lx.RESULTS.successful
-    assert _true_relative_residual(a, b, sol.value) <= rtol
-    # The reported residual is the true one (computed in float32, hence the 1e-3 slack).
-    np.testing.assert_allclose(
-        float(sol.stats["residual_norm"]) / np.linalg.norm(b),
-        _true_relative_residual(a, b, sol.value),
-        rtol=1e-3,
-    )
-
-
-def test_cg_stagnation_is_reported_early():
-    # A tolerance float32 cannot reach: CG reports stagnation well before max_steps (10 n = 2000).
-    a, b = _ill_conditioned_float32(0, 200, 1e2)
-    sol = _solve(a, b, lx.CG(rtol=1e-7, atol=0.0), lx.positive_semidefinite_tag, throw=False)
     assert sol.result == lx.RESULTS.stagnation
-    assert int(sol.stats["num_steps"]) < 500
+    true = _true_relative_residual(a, b, sol.value)
+    assert true > rtol
+    # The reported residual is the true one, computed in float32: b - A x loses about
+    # eps32 |A| |x| ≈ 6e-8 · 1e3 |b| to rounding, a sizeable part of a residual of 3e-5 |b|.
+    np.testing.assert_allclose(
+        float(sol.stats["residual_norm"]) / np.linalg.norm(b), true, rtol=0.1
+    )
     with pytest.raises(Exception, match="stagnated"):
         _solve(
-            a, b, lx.CG(rtol=1e-7, atol=0.0), lx.positive_semidefinite_tag
+            a, b, lx.CG(rtol=rtol, atol=0.0), lx.positive_semidefinite_tag
         ).value.block_until_ready()
 
 

@@ -5,7 +5,8 @@ operator's action are raveled once per call (for a single-leaf structure that is
 that the loop bodies are plain array code with a minimal carry. Only `operator.mv` and
 `operator.transpose().mv` are ever used, never `as_matrix`.
 
-The solvers share a two-level loop:
+All solvers but CG share a two-level loop (CG keeps one loop and checks the true residual once
+after it; see its docstring):
 
 - an inner `lax.while_loop` runs the method's recurrences until their *estimate* of the residual
   meets the tolerance (or `max_steps` is spent, or the method breaks down);

@@ -14,10 +14,9 @@ from .._solution import RESULTS
 from ._misc import check_square
 from .base import AbstractLinearSolver
 
-# The scalars CG carries, packed into one array of the real dtype: rᴴ M r, |r|², the smallest
-# true |r|² seen at a check, whether the next iteration is a check (0/1), and the state below.
-_RZ, _RR, _BEST, _CHECKING, _STATE, _K = range(6)
-_RUNNING, _DONE, _BROKE, _STALLED = 0, 1, 2, 3
+# The scalars CG carries, packed into one array of the real dtype: rᴴ M r, |r|², the number of
+# steps, and whether the method broke down (0/1).
+_RZ, _RR, _K, _BROKE = range(4)
 
 
 def _pack(dtype, *scalars):
@@ -39,16 +38,19 @@ class CG(AbstractLinearSolver):
 
     **Convergence.** Iterates until `|b - A x| <= max(rtol |b|, atol)` (2-norms, the criterion of
     `scipy.sparse.linalg.cg` and `jax.scipy.sparse.linalg.cg`). The loop watches the recursively
-    updated residual; at the end the true residual `b - A x` is computed (one extra product) and, if
-    rounding made the two drift apart so that the true residual misses the tolerance, CG restarts
-    from the current `x`. A solve is never reported successful with its true residual above the
-    tolerance.
+    updated residual, as theirs do; at the end the true residual `b - A x` is computed (one extra
+    product) and decides the result, so a solve is never reported successful with its true residual
+    above the tolerance. If rounding made the two residuals drift apart so that the recursive one
+    met the tolerance and the true one does not, the result is `stagnation`: the tolerance is below
+    the accuracy CG can attain on this problem in this precision (loosen it, precondition, or use
+    float64). CG does not restart in that case: a restart loop costs about half as much again in
+    compile time, for a gain only in that rare case.
 
     **Arguments:**
 
     - `rtol`, `atol`: relative and absolute tolerance, as above (non-negative).
     - `max_steps`: the maximum number of iterations; `None` (default) means `10 n` for `n`
-      unknowns, as SciPy.
+      unknowns, as SciPy (at most 2²⁴ in float32, where the count is carried).
 
     **Options** (the `options` dict of `lx.linear_solve`):
 
@@ -62,8 +64,7 @@ class CG(AbstractLinearSolver):
     iterations (each one product with `A`) and the true residual norm `|b - A x|` at the end.
     `result` is `successful`, `max_steps_reached`, `breakdown` (`pᴴ A p <= 0` or
     `rᴴ M r <= 0`: the operator or the preconditioner is not positive definite despite its tag) or
-    `stagnation` (restarting from the true residual no longer reduces it: the tolerance is below
-    the attainable accuracy).
+    `stagnation` (the recursive residual met the tolerance but the true one does not, see above).
 
     CG does not return the pseudoinverse solution for a singular operator (it diverges when `b`
     is not in the range), so derivatives assume a nonsingular operator.
@@ -126,67 +127,53 @@ class CG(AbstractLinearSolver):
         rr0 = rz0 if precond is None else K.rdot(r0, r0)
         real = rz0.dtype
 
-        # Preconditioned CG (e.g. Saad, "Iterative Methods for Sparse Linear Systems" (2003),
-        # Algorithm 9.1) with the true-residual check folded into the same loop: once the updated
-        # residual meets the tolerance, the next iteration is a *check* iteration that multiplies
-        # `x` instead of `p` (`p` is set to `x` for it), giving the true residual `b - A x`. If
-        # that meets the tolerance the solve is done; otherwise CG restarts from it (`beta = 0`),
-        # unless it is no smaller than at the previous check (stagnation).
-        #
-        # Compile time: one loop holding one product keeps the program the size of a plain CG
-        # loop, and the scalar bookkeeping travels as one small array `s` (see `_S`), so that XLA
-        # builds one kernel for it rather than one per scalar.
+        # Preconditioned CG, e.g. Saad, "Iterative Methods for Sparse Linear Systems" (2003),
+        # Algorithm 9.1. The carry is the minimum: x, r, p, and the scalars as one small array `s`
+        # (see `_S`), so that XLA builds one kernel for their bookkeeping rather than one per
+        # scalar (compile time).
         def cond(c):
             s = c[3]
-            return (s[_STATE] == _RUNNING) & ((s[_K] < max_steps) | (s[_CHECKING] > 0))
+            return (s[_BROKE] == 0) & (s[_RR] > tol2) & (s[_K] < loop_steps)
 
         def body(c):
             x, r, p, s = c
-            rz, best, checking, k = s[_RZ], s[_BEST], s[_CHECKING] > 0, s[_K]
+            rz = s[_RZ]
             ap = mv_pos(p)
             pap = K.rdot(p, ap)
-            ok = checking | (pap > 0)
-            # No step in a check iteration, nor on breakdown (a scalar `where`, not a vector one).
-            step = ok & jnp.logical_not(checking)
-            alpha = jnp.where(step, rz / jnp.where(step, pap, 1), 0).astype(dtype)
+            ok = pap > 0
+            # On breakdown leave x and r as they are (a scalar `where`, not a vector one).
+            alpha = jnp.where(ok, rz / jnp.where(ok, pap, 1), 0).astype(dtype)
             x = K.axpy(alpha, p, x)
-            r = K.select(checking, K.sub(b, ap), K.axpy(-alpha, ap, r))
+            r = K.axpy(-alpha, ap, r)
             z = r if precond is None else precond(r)
             rz_new = K.rdot(r, z)
             rr = rz_new if precond is None else K.rdot(r, r)
-            converged = rr <= tol2
             # rᴴ M r <= 0 with r != 0: the preconditioner is not positive definite.
-            ok = ok & ((rz_new > 0) | converged)
-            k = jnp.where(checking, k, k + 1)
-            # Check the true residual when the updated one converges, and after the last step.
-            check_next = jnp.logical_not(checking) & ok & (converged | (k >= max_steps))
-            beta = jnp.where(checking, 0, rz_new / rz).astype(dtype)
-            p = K.select(check_next, x, K.axpy(beta, p, z))
-            stalled = checking & jnp.logical_not(converged) & (rr >= best)
-            state = jnp.where(
-                jnp.logical_not(ok),
-                _BROKE,
-                jnp.where(checking & converged, _DONE, jnp.where(stalled, _STALLED, _RUNNING)),
-            )
-            best = jnp.where(checking, jnp.minimum(best, rr), best)
-            return x, r, p, _pack(real, rz_new, rr, best, check_next, state, k)
+            ok = ok & ((rz_new > 0) | (rr <= tol2))
+            beta = (rz_new / rz).astype(dtype)
+            p = K.axpy(beta, p, z)
+            return x, r, p, _pack(real, rz_new, rr, s[_K] + 1, jnp.logical_not(ok))
 
-        # `r0` is a true residual (`b`, or `b - A y0`): a start that meets the tolerance is done.
-        converged0 = rr0 <= tol2
-        state0 = jnp.where((rz0 > 0) | converged0, jnp.where(converged0, _DONE, _RUNNING), _BROKE)
-        s0 = _pack(real, rz0, rr0, jnp.inf, False, state0, 0)
+        # The count is carried in the real dtype: cap it where that stops counting exactly (2²⁴
+        # steps in float32, far beyond any useful CG run; 2⁵³ in float64).
+        loop_steps = min(max_steps, 2 ** (jnp.finfo(real).nmant + 1))
+        broke0 = jnp.logical_not((rz0 > 0) | (rr0 <= tol2))
+        s0 = _pack(real, rz0, rr0, 0, broke0)
         x, _, _, s = lax.while_loop(cond, body, (x0, r0, z0, s0))
-        state = s[_STATE]
+        # The true residual decides the result (for a zero initial guess and no step, r0 = b).
+        r_true = K.sub(b, mv_pos(x))
+        rr_true = K.rdot(r_true, r_true)
         result = RESULTS.where(
-            state == _DONE,
+            rr_true <= tol2,
             RESULTS.successful,
             RESULTS.where(
-                state == _BROKE,
+                s[_BROKE] > 0,
                 RESULTS.breakdown,
-                RESULTS.where(state == _STALLED, RESULTS.stagnation, RESULTS.max_steps_reached),
+                RESULTS.where(s[_K] >= max_steps, RESULTS.max_steps_reached, RESULTS.stagnation),
             ),
         )
-        return xs.unpack(x), result, {"num_steps": s[_K].astype(jnp.int32), "residual_norm": jnp.sqrt(s[_RR])}
+        stats = {"num_steps": s[_K].astype(jnp.int32), "residual_norm": jnp.sqrt(rr_true)}
+        return xs.unpack(x), result, stats
 
     def transpose(self, state: K.KrylovState, options):
         return K.transposed(state, options, least_squares=False)
