@@ -19,29 +19,36 @@ def interleaved(
     fns: dict[str, Callable[[], object]], repeats: int = 20, warmup: int = 2
 ) -> dict[str, float]:
     """Median wall time (seconds) of each zero-argument callable, timed in interleaved rounds so
-    that drifts in machine load affect all of them alike."""
+    that drifts in machine load affect all of them alike. The order rotates from round to round,
+    so that no implementation always runs first (or right after the same other one)."""
     for fn in fns.values():
         for _ in range(warmup):
             block(fn())
+    names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    for i in range(repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
             t0 = time.perf_counter()
-            block(fn())
+            block(fns[name]())
             times[name].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def compile_time(make_fn: Callable[[], Callable], args: tuple, repeats: int = 5) -> float:
+def compile_times(
+    makers: dict[str, Callable[[], Callable]], args: tuple, repeats: int = 5
+) -> dict[str, float]:
     """Median time to trace, lower and compile a fresh jitted function (a new Python function each
-    time, so nothing is reused from JAX's per-function caches)."""
-    out = []
-    for _ in range(repeats):
-        fn = make_fn()
-        t0 = time.perf_counter()
-        jax.jit(fn).lower(*args).compile()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+    time, so nothing is reused from JAX's per-function caches), for each maker. The makers are
+    interleaved, in an order that rotates from round to round, as in `interleaved`."""
+    names = list(makers)
+    times: dict[str, list[float]] = {k: [] for k in makers}
+    for i in range(repeats):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            fn = makers[name]()
+            t0 = time.perf_counter()
+            jax.jit(fn).lower(*args).compile()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def fmt_time(t: float) -> str:

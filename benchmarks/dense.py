@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import linopx as lx  # noqa: E402
-from benchmarks._timing import compile_time, interleaved, row, suite_main  # noqa: E402
+from benchmarks._timing import compile_times, interleaved, row, suite_main  # noqa: E402
 
 try:
     import lineax
@@ -117,7 +117,7 @@ def compile_case(rng, n, repeats):
         makers["lineax"] = lambda: (
             lambda a, b: lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value
         )
-    times = {k: compile_time(m, (a, b), repeats) for k, m in makers.items()}
+    times = compile_times(makers, (a, b), repeats)
     return [row("compile LU", f"n={n}", times)]
 
 
@@ -208,7 +208,7 @@ def cases(quick: bool = False) -> list[tuple[str, object]]:
         out.append((f"LU n={n}", lambda n=n: square_cases(rng, [n], repeats)))
     n_rhs = 100 if quick else 500
     out.append((f"100 RHS n={n_rhs}", lambda: multi_rhs_case(rng, n_rhs, 100, repeats)))
-    out.append(("compile LU n=50", lambda: compile_case(rng, 50, 3 if quick else 7)))
+    out.append(("compile LU n=50", lambda: compile_case(rng, 50, 3 if quick else 9)))
     out.append(("least squares 400x100", lambda: least_squares_cases(rng, 400, 100, 80, repeats)))
     return out
 

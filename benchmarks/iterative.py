@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import linopx as lx
-from benchmarks._timing import compile_time, interleaved, row, suite_main
+from benchmarks._timing import compile_times, interleaved, row, suite_main
 
 try:
     import lineax
@@ -72,7 +72,7 @@ def cg_case(n, rtol, repeats, compile_repeats):
     ref = np.asarray(fns["jax.scipy"](b))
     diff = float(np.abs(np.asarray(fns["linopx"](b)) - ref).max() / np.abs(ref).max())
     run = interleaved({k: (lambda f=f: f(b)) for k, f in fns.items()}, repeats)
-    comp = {k: compile_time(m, (b,), compile_repeats) for k, m in makers.items()}
+    comp = compile_times(makers, (b,), compile_repeats)
     notes = {"steps": int(stats["num_steps"]), "rel_diff_vs_jax": f"{diff:.1e}"}
     size = f"{n}^2"
     return [row("CG Poisson run", size, run, **notes), row("CG Poisson compile", size, comp)]
@@ -113,7 +113,7 @@ def gmres_case(n, rtol, repeats, compile_repeats):
     ref = np.linalg.solve(np.asarray(a), np.asarray(b))
     diff = float(np.abs(np.asarray(fns["linopx"](a, b)) - ref).max() / np.abs(ref).max())
     run = interleaved({k: (lambda f=f: f(a, b)) for k, f in fns.items()}, repeats)
-    comp = {k: compile_time(m, (a, b), compile_repeats) for k, m in makers.items()}
+    comp = compile_times(makers, (a, b), compile_repeats)
     notes = {"steps": int(stats["num_steps"]), "rel_diff_vs_numpy": f"{diff:.1e}"}
     size = f"n={n}"
     return [row("GMRES dense run", size, run, **notes), row("GMRES dense compile", size, comp)]
@@ -122,7 +122,7 @@ def gmres_case(n, rtol, repeats, compile_repeats):
 def cases(quick: bool = False) -> list[tuple[str, object]]:
     """The suite as `(label, thunk)` pairs; each thunk returns a list of rows."""
     repeats = 5 if quick else 20
-    compile_repeats = 3 if quick else 5
+    compile_repeats = 3 if quick else 9
     out = []
     for n in [64] if quick else [128, 512]:
         out.append((f"CG Poisson {n}²", lambda n=n: cg_case(n, 1e-6, repeats, compile_repeats)))
