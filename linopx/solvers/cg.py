@@ -129,8 +129,8 @@ class CG(AbstractLinearSolver):
 
         # Preconditioned CG, e.g. Saad, "Iterative Methods for Sparse Linear Systems" (2003),
         # Algorithm 9.1. The carry is the minimum: x, r, p, and the scalars as one small array `s`
-        # (see `_S`), so that XLA builds one kernel for their bookkeeping rather than one per
-        # scalar (compile time).
+        # (indexed by `_RZ`, `_RR`, `_K`, `_BROKE`), so that XLA builds one kernel for their
+        # bookkeeping rather than one per scalar (compile time).
         def cond(c):
             s = c[3]
             return (s[_BROKE] == 0) & (s[_RR] > tol2) & (s[_K] < loop_steps)
@@ -160,7 +160,7 @@ class CG(AbstractLinearSolver):
         broke0 = jnp.logical_not((rz0 > 0) | (rr0 <= tol2))
         s0 = _pack(real, rz0, rr0, 0, broke0)
         x, _, _, s = lax.while_loop(cond, body, (x0, r0, z0, s0))
-        # The true residual decides the result (for a zero initial guess and no step, r0 = b).
+        # The true residual decides the result.
         r_true = K.sub(b, mv_pos(x))
         rr_true = K.rdot(r_true, r_true)
         result = RESULTS.where(
@@ -169,7 +169,7 @@ class CG(AbstractLinearSolver):
             RESULTS.where(
                 s[_BROKE] > 0,
                 RESULTS.breakdown,
-                RESULTS.where(s[_K] >= max_steps, RESULTS.max_steps_reached, RESULTS.stagnation),
+                RESULTS.where(s[_K] >= loop_steps, RESULTS.max_steps_reached, RESULTS.stagnation),
             ),
         )
         stats = {"num_steps": s[_K].astype(jnp.int32), "residual_norm": jnp.sqrt(rr_true)}
