@@ -75,6 +75,22 @@ def square_cases(rng, sizes, repeats):
     return rows
 
 
+def eager_case(rng, n, repeats):
+    """A solve called outside `jax.jit`, as in a notebook or a script: each library's own
+    per-call work (linopx and Lineax compile themselves once per signature)."""
+    a = jnp.asarray(rng.normal(size=(n, n)) + n**0.5 * np.eye(n))
+    b = jnp.asarray(rng.normal(size=n))
+    fns = {
+        "linopx": lambda: lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value,
+        "jnp": lambda: jnp.linalg.solve(a, b),
+    }
+    if lineax is not None:
+        fns["lineax"] = lambda: (
+            lineax.linear_solve(lineax.MatrixLinearOperator(a), b, lineax.LU()).value
+        )
+    return [row("LU solve, eager (no jit)", f"n={n}", interleaved(fns, repeats))]
+
+
 def multi_rhs_case(rng, n, k, repeats):
     a = jnp.asarray(rng.normal(size=(n, n)) + n**0.5 * np.eye(n))
     B = jnp.asarray(rng.normal(size=(n, k)))
@@ -214,6 +230,7 @@ def cases(quick: bool = False) -> list[tuple[str, object]]:
     out = []
     for n in [50] if quick else [100, 1000]:
         out.append((f"LU n={n}", lambda n=n: square_cases(rng, [n], repeats)))
+    out.append(("eager LU n=100", lambda: eager_case(rng, 100, repeats)))
     n_rhs = 100 if quick else 500
     out.append((f"100 RHS n={n_rhs}", lambda: multi_rhs_case(rng, n_rhs, 100, repeats)))
     out.append(("compile LU n=50", lambda: compile_case(rng, 50, 3 if quick else 9)))

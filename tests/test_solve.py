@@ -596,12 +596,17 @@ def test_full_rank_qr_and_normal_property(m, n, complex_, seed):
 
 
 class _CountingLU(lx.LU):
+    def init(self, operator, options):
+        _INIT_CALLS.append(1)
+        return super().init(operator, options)
+
     def compute(self, state, vector, options):
         _COMPUTE_CALLS.append(1)
         return super().compute(state, vector, options)
 
 
 _COMPUTE_CALLS: list = []
+_INIT_CALLS: list = []
 
 
 def test_solver_is_traced_once_per_compilation(rng):
@@ -653,3 +658,40 @@ def test_solve_with_a_large_global_constant(rng):
     entries = list(primitive._TRACE_CACHE.values())
     assert entries and all(e[2] is None for e in entries)
     _GLOBAL_MATRIX.clear()
+
+
+def test_eager_calls_compile_once(rng):
+    # Outside `jit`, a solve compiles once per signature and is then reused: neither `init` nor
+    # `compute` runs in Python again on the second call, and the answers are right.
+    a = make_matrix(rng, (6, 6), np.float64)
+    b1, b2 = random_vector(rng, 6, np.float64), random_vector(rng, 6, np.float64)
+    _COMPUTE_CALLS.clear()
+    _INIT_CALLS.clear()
+    x1 = lx.linear_solve(lx.MatrixLinearOperator(a), b1, _CountingLU()).value
+    calls = (len(_INIT_CALLS), len(_COMPUTE_CALLS))
+    assert calls[0] >= 1 and calls[1] >= 1
+    x2 = lx.linear_solve(lx.MatrixLinearOperator(a + 1.0), b2, _CountingLU()).value
+    assert (len(_INIT_CALLS), len(_COMPUTE_CALLS)) == calls
+    np.testing.assert_allclose(x1, np.linalg.solve(a, b1), rtol=1e-10)
+    np.testing.assert_allclose(x2, np.linalg.solve(a + 1.0, b2), rtol=1e-10)
+
+
+def test_eager_grad_reuses_compiled_solves(rng):
+    # An eager `jax.grad` binds the primitive with concrete values: those binds are compiled once
+    # per signature too, so a second gradient traces no solver code.
+    a = make_matrix(rng, (6, 6), np.float64)
+    b = random_vector(rng, 6, np.float64)
+
+    def loss(a, b):
+        return jnp.sum(lx.linear_solve(lx.MatrixLinearOperator(a), b, _CountingLU()).value ** 2)
+
+    g1 = jax.grad(loss, argnums=(0, 1))(a, b)
+    calls = len(_COMPUTE_CALLS)
+    g2 = jax.grad(loss, argnums=(0, 1))(a + 1.0, b)
+    assert len(_COMPUTE_CALLS) == calls
+    for g, shift in ((g1, 0.0), (g2, 1.0)):
+        m = a + shift
+        x = np.linalg.solve(m, b)
+        lam = np.linalg.solve(m.T, 2 * x)  # d loss / d b
+        np.testing.assert_allclose(g[1], lam, rtol=1e-9)
+        np.testing.assert_allclose(g[0], -np.outer(lam, x), rtol=1e-9)

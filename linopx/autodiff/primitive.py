@@ -216,9 +216,32 @@ def _lowering(ctx, *args, static, batch, throw, check):
     return mlir.lower_fun(fn, multiple_results=True)(ctx, *args)
 
 
+_EAGER_CACHE: OrderedDict = OrderedDict()
+
+
+def _eager(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
+    """Evaluate a bind outside `jit` (e.g. in the solves of an eager `jax.grad`) by compiling the
+    primitive once per signature, as JAX does for its own primitives, rather than dispatching the
+    solver's operations one by one."""
+    key = (static, batch, throw, check)
+    fn = _EAGER_CACHE.get(key)
+    if fn is None:
+        fn = jax.jit(
+            lambda *xs: linear_solve_p.bind(
+                *xs, static=static, batch=batch, throw=throw, check=check
+            )
+        )
+        _EAGER_CACHE[key] = fn
+        if len(_EAGER_CACHE) > _TRACE_CACHE_SIZE:
+            _EAGER_CACHE.popitem(last=False)
+    else:
+        _EAGER_CACHE.move_to_end(key)
+    return fn(*leaves)
+
+
 linear_solve_p = Primitive("linopx_linear_solve")
 linear_solve_p.multiple_results = True
-linear_solve_p.def_impl(_impl)
+linear_solve_p.def_impl(_eager)
 linear_solve_p.def_abstract_eval(_abstract_eval)
 mlir.register_lowering(linear_solve_p, _lowering)
 
@@ -343,8 +366,12 @@ def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool, check
             for i, t in zip(op_idx, op_t_given):
                 full[i] = t
             full = [
-                t if t is not None else (
-                    _zero_tangent_like(p) if jnp.issubdtype(jnp.result_type(p), jnp.inexact) else None
+                t
+                if t is not None
+                else (
+                    _zero_tangent_like(p)
+                    if jnp.issubdtype(jnp.result_type(p), jnp.inexact)
+                    else None
                 )
                 for p, t in zip(op_primal_leaves, full)
             ]
@@ -364,9 +391,7 @@ def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool, check
             full = [_zero_tangent_like(p) for p in vec_primal]
             for i, t in zip(vec_idx, vec_t_given):
                 full[i] = t
-            vec_t = jax.tree_util.tree_unflatten(
-                jax.tree_util.tree_structure(vector), full
-            )
+            vec_t = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(vector), full)
         tangent = _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw)
         return jax.tree_util.tree_leaves(tangent)
 
@@ -401,7 +426,9 @@ def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool, check:
             )
     vec_avals = [p.aval for p in primals[s_vec]]
     avals = tuple(
-        p.aval if ad.is_undefined_primal(p) else jax.core.ShapedArray(jnp.shape(p), jnp.result_type(p))
+        p.aval
+        if ad.is_undefined_primal(p)
+        else jax.core.ShapedArray(jnp.shape(p), jnp.result_type(p))
         for p in primals
     )
     treedef, out_avals, _ = _out_info(static, avals, batch, check)
@@ -411,9 +438,11 @@ def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool, check:
         for ct, a in zip(cts[:n_value], out_avals[:n_value])
     ]
     if all(type(ct) is ad.Zero for ct in cts[:n_value]):
-        return [None] * len(primals[: s_vec.start]) + [
-            ad.Zero(a) for a in vec_avals
-        ] + [None] * (len(primals) - s_vec.stop)
+        return (
+            [None] * len(primals[: s_vec.start])
+            + [ad.Zero(a) for a in vec_avals]
+            + [None] * (len(primals) - s_vec.stop)
+        )
 
     const_idx = [i for i, p in enumerate(primals) if not ad.is_undefined_primal(p)]
     const_leaves = [primals[i] for i in const_idx]
@@ -435,9 +464,7 @@ def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool, check:
     for axes in batch:
         f = jax.vmap(f, in_axes=([axes[i] for i in const_idx], [0] * n_value), out_axes=0)
     ct_vec = f(const_leaves, value_cts)
-    ct_vec = [
-        c.astype(a.dtype) if c.dtype != a.dtype else c for c, a in zip(ct_vec, vec_avals)
-    ]
+    ct_vec = [c.astype(a.dtype) if c.dtype != a.dtype else c for c, a in zip(ct_vec, vec_avals)]
     return [None] * s_vec.start + list(ct_vec) + [None] * (len(primals) - s_vec.stop)
 
 
