@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any
 
 import equinox as eqx
@@ -11,6 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import PyTree
 
 from . import _tree
+from ._lru import LRUCache
 from ._solution import Solution
 from .autodiff._checks import classify, raise_if_failed
 from .autodiff.primitive import bind_solve
@@ -124,8 +124,7 @@ def linear_solve(
     return _linear_solve(*args)
 
 
-_EAGER_SOLVES: OrderedDict = OrderedDict()
-_EAGER_SOLVES_SIZE = 256
+_EAGER_SOLVES = LRUCache(256)
 
 
 def _eager_linear_solve(leaves: list, treedef: Any) -> Solution:
@@ -141,10 +140,11 @@ def _eager_linear_solve(leaves: list, treedef: Any) -> Solution:
     avals = tuple((x.shape, x.dtype, getattr(x, "weak_type", False)) for x in arrays)
     key = (treedef, dynamic, static, avals)
     try:
-        entry = _EAGER_SOLVES.get(key)
+        hash(key)
     except TypeError:  # an unhashable leaf
         return _linear_solve_jit(*jax.tree_util.tree_unflatten(treedef, leaves))
-    if entry is None:
+
+    def compile_solve():
         out_static: list = []
 
         def run(*arrays):
@@ -158,12 +158,9 @@ def _eager_linear_solve(leaves: list, treedef: Any) -> Solution:
             out_static[:] = [out_treedef, keep]
             return [x for x in out_leaves if eqx.is_array(x)]
 
-        entry = _EAGER_SOLVES[key] = (jax.jit(run), out_static)
-        if len(_EAGER_SOLVES) > _EAGER_SOLVES_SIZE:
-            _EAGER_SOLVES.popitem(last=False)
-    else:
-        _EAGER_SOLVES.move_to_end(key)
-    fn, out_static = entry
+        return jax.jit(run), out_static
+
+    fn, out_static = _EAGER_SOLVES.get(key, compile_solve)
     out_arrays = iter(fn(*arrays))
     out_treedef, keep = out_static
     out_leaves = [next(out_arrays) if x is None else x for x in keep]

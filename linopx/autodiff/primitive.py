@@ -16,7 +16,6 @@ everything else (tree structures, tags, the solver's static fields) as a hashabl
 from __future__ import annotations
 
 import functools
-from collections import OrderedDict
 from typing import Any
 
 import equinox as eqx
@@ -27,6 +26,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from .. import _tree
+from .._lru import LRUCache
 from .._solution import RESULTS
 from ..linops.functions import conj as conj_operator
 from ._checks import raise_if_failed
@@ -168,8 +168,7 @@ def _impl(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
 # and the traced program, which the lowering below reuses rather than tracing the solver again
 # (tracing is a sizeable part of compile time). A program that captured large constants is not
 # kept: the cache must not hold on to users' arrays.
-_TRACE_CACHE: OrderedDict = OrderedDict()
-_TRACE_CACHE_SIZE = 512
+_TRACE_CACHE = LRUCache(512)
 _MAX_CACHED_CONST_BYTES = 1 << 20
 
 
@@ -177,30 +176,23 @@ def _key_avals(avals) -> tuple:
     return tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in avals)
 
 
-def _out_info(static: _Static, avals: tuple, batch: tuple, check: bool = False):
+def _out_info(static: _Static, avals: tuple, batch: tuple, check: bool):
     """`(treedef, out_avals, jaxpr)`: the tree structure of one (unbatched) member's
     `(value, result, stats)`, the batched output avals, and the traced program (a closed jaxpr,
     or None if it was not kept). Cached."""
-    key = (static, _key_avals(avals), batch, check)
-    try:
-        out = _TRACE_CACHE[key]
-        _TRACE_CACHE.move_to_end(key)
-        return out
-    except KeyError:
-        pass
-    structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
-    record: list = []
-    closed = jax.make_jaxpr(_member_fn(static, batch, check, record))(structs)
-    consts_bytes = sum(getattr(c, "nbytes", 0) for c in closed.consts)
-    out = (
-        record[0],
-        tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in closed.out_avals),
-        closed if consts_bytes <= _MAX_CACHED_CONST_BYTES else None,
-    )
-    _TRACE_CACHE[key] = out
-    if len(_TRACE_CACHE) > _TRACE_CACHE_SIZE:
-        _TRACE_CACHE.popitem(last=False)
-    return out
+
+    def trace():
+        structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+        record: list = []
+        closed = jax.make_jaxpr(_member_fn(static, batch, check, record))(structs)
+        consts_bytes = sum(getattr(c, "nbytes", 0) for c in closed.consts)
+        return (
+            record[0],
+            tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in closed.out_avals),
+            closed if consts_bytes <= _MAX_CACHED_CONST_BYTES else None,
+        )
+
+    return _TRACE_CACHE.get((static, _key_avals(avals), batch, check), trace)
 
 
 def _abstract_eval(*avals, static, batch, throw, check):
@@ -216,27 +208,22 @@ def _lowering(ctx, *args, static, batch, throw, check):
     return mlir.lower_fun(fn, multiple_results=True)(ctx, *args)
 
 
-_EAGER_CACHE: OrderedDict = OrderedDict()
+_EAGER_CACHE = LRUCache(512)
 
 
 def _eager(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
     """Evaluate a bind outside `jit` (e.g. in the solves of an eager `jax.grad`) by compiling the
     primitive once per signature, as JAX does for its own primitives, rather than dispatching the
     solver's operations one by one."""
-    key = (static, batch, throw, check)
-    fn = _EAGER_CACHE.get(key)
-    if fn is None:
-        fn = jax.jit(
+
+    def compile_bind():
+        return jax.jit(
             lambda *xs: linear_solve_p.bind(
                 *xs, static=static, batch=batch, throw=throw, check=check
             )
         )
-        _EAGER_CACHE[key] = fn
-        if len(_EAGER_CACHE) > _TRACE_CACHE_SIZE:
-            _EAGER_CACHE.popitem(last=False)
-    else:
-        _EAGER_CACHE.move_to_end(key)
-    return fn(*leaves)
+
+    return _EAGER_CACHE.get((static, batch, throw, check), compile_bind)(*leaves)
 
 
 linear_solve_p = Primitive("linopx_linear_solve")

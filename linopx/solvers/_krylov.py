@@ -311,11 +311,6 @@ def scale(a, x):
     return jax.tree_util.tree_map(lambda xi: a * xi, x)
 
 
-def select(pred, x, y):
-    """`x` where the scalar `pred` holds, else `y`."""
-    return jax.tree_util.tree_map(lambda xi, yi: jnp.where(pred, xi, yi), x, y)
-
-
 def axpy(a, x, y):
     """`a x + y`."""
     return jax.tree_util.tree_map(lambda xi, yi: a * xi + yi, x, y)
@@ -357,6 +352,12 @@ def tolerance(rtol: Any, atol: Any, bnorm: jax.Array) -> jax.Array:
     """`max(rtol |b|, atol)`, in the real dtype of `bnorm`."""
     dt = bnorm.dtype
     return jnp.maximum(jnp.asarray(rtol, dt) * bnorm, jnp.asarray(atol, dt))
+
+
+def tolerance_squared(rtol: Any, atol: Any, bb: jax.Array) -> jax.Array:
+    """`tolerance(rtol, atol, |b|)²` from `bb = |b|²`, without a square root."""
+    dt = bb.dtype
+    return jnp.maximum(jnp.asarray(rtol, dt) ** 2 * bb, jnp.asarray(atol, dt) ** 2)
 
 
 def default_max_steps(max_steps: int | None, size: int, factor: int = 10) -> int:

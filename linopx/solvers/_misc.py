@@ -32,46 +32,17 @@ def unflat(x: jax.Array, structure: Any) -> Any:
     return _tree.unravel(x, structure)
 
 
-def _check_reduce(pivots: Any, factors: tuple, solution: jax.Array) -> tuple:
-    """`(largest pivot, smallest pivot, factor check, solution check)` in one variadic reduction.
+def _widest_real(*arrays: jax.Array):
+    return max((jnp.finfo(jnp.result_type(a)).dtype for a in arrays), key=lambda d: d.itemsize)
 
-    The checks are compiled into every solve, and each reduction is a kernel XLA builds (tens of
-    milliseconds of compile time apiece on a CPU), so all of them share one. A check is `x * 0`
-    summed: zero when every entry is finite, NaN otherwise. The four operands are the same length,
-    each padded with the neutral value of its own reduction."""
-    dtypes = [jnp.finfo(jnp.result_type(a)).dtype for a in (solution, *factors)]
-    if pivots is not None:
-        dtypes.append(jnp.finfo(jnp.result_type(pivots)).dtype)
-    real = max(dtypes, key=lambda d: d.itemsize)  # the widest real dtype among the arrays
 
-    def zero_if_finite(a):
-        a = jnp.ravel(a)
-        if jnp.iscomplexobj(a):
-            a = jnp.real(a) + jnp.imag(a)
-        return (a * 0).astype(real)
-
-    p = jnp.zeros((0,), real) if pivots is None else jnp.abs(jnp.ravel(pivots)).astype(real)
-    f = [zero_if_finite(a) for a in factors]
-    f = jnp.concatenate(f) if f else jnp.zeros((0,), real)
-    x = zero_if_finite(solution)
-    sizes = (p.size, f.size, x.size)
-
-    def segment(which, value, fill):
-        parts = [value if i == which else jnp.full((k,), fill, real) for i, k in enumerate(sizes)]
-        return jnp.concatenate(parts)
-
-    operands = (
-        segment(0, p, -jnp.inf),
-        segment(0, p, jnp.inf),
-        segment(1, f, 0),
-        segment(2, x, 0),
-    )
-    inits = tuple(jnp.asarray(v, real) for v in (-jnp.inf, jnp.inf, 0, 0))
-
-    def combine(u, v):
-        return (jnp.maximum(u[0], v[0]), jnp.minimum(u[1], v[1]), u[2] + v[2], u[3] + v[3])
-
-    return jax.lax.reduce(operands, inits, combine, (0,))
+def _zero_if_finite(a: jax.Array, real) -> jax.Array:
+    """`a` raveled as `a * 0` (real plus imaginary part for complex) in dtype `real`: zero where
+    finite, NaN where not, so that a sum says whether all of it was finite."""
+    a = jnp.ravel(a)
+    if jnp.iscomplexobj(a):
+        a = jnp.real(a) + jnp.imag(a)
+    return (a * 0).astype(real)
 
 
 def pivot_result(pivots: jax.Array, solution: jax.Array) -> Any:
@@ -88,17 +59,34 @@ def pivot_result(pivots: jax.Array, solution: jax.Array) -> Any:
 
     Solvers that call this (or `finite_factor_result`) with their solution set
     `_verdict_checks_solution`, so that the solve adds no finiteness check of its own."""
+    real = _widest_real(pivots, solution)
+    x = _zero_if_finite(solution, real)
     if jnp.size(pivots) == 0:
-        pivots = None
-    largest, smallest, _, x_check = _check_reduce(pivots, (), solution)
-    x_ok = jnp.isfinite(x_check)
-    if pivots is None:
-        return RESULTS.where(x_ok, RESULTS.successful, RESULTS.nonfinite_input)
-    eps = jnp.finfo(largest.dtype).eps
+        ok = jnp.isfinite(jnp.sum(x))
+        return RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite_input)
+    p = jnp.abs(jnp.ravel(pivots)).astype(real)
+    # The checks are compiled into every solve, and each reduction is a kernel XLA builds (tens of
+    # milliseconds of compile time apiece on a CPU), so the largest pivot, the smallest pivot and
+    # the solution's check come out of one variadic reduction; each operand is padded to the common
+    # length with the neutral value of its own reduction.
+    n, k = p.size, x.size
+    operands = (
+        jnp.concatenate([p, jnp.full((k,), -jnp.inf, real)]),
+        jnp.concatenate([p, jnp.full((k,), jnp.inf, real)]),
+        jnp.concatenate([jnp.zeros((n,), real), x]),
+    )
+    inits = tuple(jnp.asarray(v, real) for v in (-jnp.inf, jnp.inf, 0))
+    largest, smallest, x_check = jax.lax.reduce(
+        operands,
+        inits,
+        lambda u, v: (jnp.maximum(u[0], v[0]), jnp.minimum(u[1], v[1]), u[2] + v[2]),
+        (0,),
+    )
+    eps = jnp.finfo(real).eps
     pivots_ok = jnp.isfinite(largest) & (smallest > 32 * eps * largest)
     return RESULTS.where(
         pivots_ok,
-        RESULTS.where(x_ok, RESULTS.successful, RESULTS.nonfinite_input),
+        RESULTS.where(jnp.isfinite(x_check), RESULTS.successful, RESULTS.nonfinite_input),
         RESULTS.singular,
     )
 
@@ -115,21 +103,26 @@ def finite_factor_result(*arrays: jax.Array, solution: jax.Array) -> Any:
     diagonals) and of `solution` is finite (`linear_solve` reports `singular` if the inputs are
     finite). The factors are checked too because an infinite entry can still give a finite
     solution (`x = b / inf = 0`)."""
-    _, _, f_check, x_check = _check_reduce(None, arrays, solution)
-    ok = jnp.isfinite(f_check + x_check)
+    real = _widest_real(*arrays, solution)
+    checks = [_zero_if_finite(a, real) for a in (*arrays, solution)]
+    ok = jnp.isfinite(jnp.sum(jnp.concatenate(checks)))
     return RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite_input)
 
 
 def matrix_dtype(operator: AbstractLinearOperator):
     return _tree.common_dtype(
-        _tree.structure_dtype(operator.in_structure()), _tree.structure_dtype(operator.out_structure())
+        _tree.structure_dtype(operator.in_structure()),
+        _tree.structure_dtype(operator.out_structure()),
     )
 
 
 def structures(operator: AbstractLinearOperator) -> tuple:
     """Hashable `(input, output)` structures of `operator`, for a solver state to unflatten with.
     A transposed state swaps them."""
-    return (_tree.freeze_structure(operator.in_structure()), _tree.freeze_structure(operator.out_structure()))
+    return (
+        _tree.freeze_structure(operator.in_structure()),
+        _tree.freeze_structure(operator.out_structure()),
+    )
 
 
 def solution_structure(structs: tuple) -> Any:

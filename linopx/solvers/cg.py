@@ -116,11 +116,7 @@ class CG(AbstractLinearSolver):
         else:
             mv_pos = mv
         max_steps = K.default_max_steps(self.max_steps, operator.in_size())
-        bb = K.rdot(b, b)
-        # max(rtol |b|, atol)², without a square root.
-        tol2 = jnp.maximum(
-            jnp.asarray(self.rtol, bb.dtype) ** 2 * bb, jnp.asarray(self.atol, bb.dtype) ** 2
-        )
+        tol2 = K.tolerance_squared(self.rtol, self.atol, K.rdot(b, b))
         x0, r0 = K.initial_guess(options, xs, b, mv_pos)
         z0 = r0 if precond is None else precond(r0)
         rz0 = K.rdot(r0, z0)

@@ -8,7 +8,16 @@ import jax.numpy as jnp
 from jax.lax.linalg import cholesky, triangular_solve
 
 from ..linops.functions import is_negative_semidefinite, is_positive_semidefinite
-from ._misc import check_square, pivot_result, rhs, solution_structure, structures, swap, unflat
+from ._misc import (
+    check_square,
+    matrix_diagonal,
+    pivot_result,
+    rhs,
+    solution_structure,
+    structures,
+    swap,
+    unflat,
+)
 from .base import AbstractLinearSolver
 
 
@@ -51,11 +60,13 @@ class Cholesky(AbstractLinearSolver):
         b = rhs(vector, state.factor.dtype)
         L = state.factor.astype(b.dtype)
         y = triangular_solve(L, b[:, None], left_side=True, lower=True)
-        x = triangular_solve(L, y, left_side=True, lower=True, transpose_a=True, conjugate_a=True)[:, 0]
+        x = triangular_solve(L, y, left_side=True, lower=True, transpose_a=True, conjugate_a=True)[
+            :, 0
+        ]
         if state.negative:
             x = -x
         # The pivots of A = L Lᴴ are |L_ii|².
-        result = pivot_result(jnp.abs(jnp.diagonal(state.factor)) ** 2, solution=x)
+        result = pivot_result(jnp.abs(matrix_diagonal(state.factor)) ** 2, solution=x)
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _CholeskyState, options):

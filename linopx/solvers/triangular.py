@@ -11,6 +11,7 @@ from ..linops.functions import has_unit_diagonal, is_lower_triangular, is_upper_
 from ._misc import (
     check_square,
     finite_factor_result,
+    matrix_diagonal,
     rhs,
     solution_structure,
     structures,
@@ -60,7 +61,7 @@ class Triangular(AbstractLinearSolver):
             transpose_a=state.transposed,
             unit_diagonal=state.unit_diagonal,
         )[:, 0]
-        result = finite_factor_result(jnp.diagonal(state.matrix), solution=x)
+        result = finite_factor_result(matrix_diagonal(state.matrix), solution=x)
         return unflat(x, solution_structure(state.structs)), result, {}
 
     def transpose(self, state: _TriangularState, options):
