@@ -167,9 +167,16 @@ def _impl(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
 # Per `(static, avals, batch, check)`: the output tree structure of one member, the output avals,
 # and the traced program, which the lowering below reuses rather than tracing the solver again
 # (tracing is a sizeable part of compile time). A program that captured large constants is not
-# kept: the cache must not hold on to users' arrays.
-_TRACE_CACHE = LRUCache(512)
+# kept: the cache must not hold on to users' arrays; and all the constants kept together are
+# bounded too (64 MiB), so a long run over many signatures cannot pile them up.
 _MAX_CACHED_CONST_BYTES = 1 << 20
+
+
+def _consts_bytes(closed) -> int:
+    return 0 if closed is None else sum(getattr(c, "nbytes", 0) for c in closed.consts)
+
+
+_TRACE_CACHE = LRUCache(512, max_bytes=64 << 20, weigh=lambda entry: _consts_bytes(entry[2]))
 
 
 def _key_avals(avals) -> tuple:
@@ -185,7 +192,7 @@ def _out_info(static: _Static, avals: tuple, batch: tuple, check: bool):
         structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
         record: list = []
         closed = jax.make_jaxpr(_member_fn(static, batch, check, record))(structs)
-        consts_bytes = sum(getattr(c, "nbytes", 0) for c in closed.consts)
+        consts_bytes = _consts_bytes(closed)
         return (
             record[0],
             tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in closed.out_avals),

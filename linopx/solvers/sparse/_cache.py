@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ._common import note_freed
+
 DEFAULT_MAX_ENTRIES = 16
 DEFAULT_MAX_BYTES = 4 * 2**30
 
@@ -47,10 +49,11 @@ class _Entry:
         self.nbytes = nbytes
 
 
-def _release(factor: Any) -> None:
+def _release(factor: Any, nbytes: int = 0) -> None:
     close = getattr(factor, "close", None)
     if close is not None:
         close()
+    note_freed(nbytes)
 
 
 class FactorCache:
@@ -80,14 +83,14 @@ class FactorCache:
         with self._lock:
             evicted = self._evict_locked()
         for e in evicted:
-            _release(e.factor)
+            _release(e.factor, e.nbytes)
 
     def clear(self) -> None:
         with self._lock:
             evicted = list(self._entries.values())
             self._entries.clear()
         for e in evicted:
-            _release(e.factor)
+            _release(e.factor, e.nbytes)
 
     def reset_counters(self) -> None:
         with self._lock:
@@ -154,11 +157,11 @@ class FactorCache:
                     break
             waiter.wait()
         if key is None:
-            factor, _ = factorize()
+            factor, nbytes = factorize()
             try:
                 return use(factor)
             finally:
-                _release(factor)
+                _release(factor, nbytes)
         try:
             factor, nbytes = factorize()
             nbytes = int(nbytes) + values.nbytes
@@ -170,9 +173,9 @@ class FactorCache:
                     self._entries[key] = _Entry(factor, np.array(values, copy=True), nbytes)
                     evicted = self._evict_locked()
             else:
-                _release(factor)
+                _release(factor, nbytes)
             for e in evicted:
-                _release(e.factor)
+                _release(e.factor, e.nbytes)
             return result
         finally:
             with self._lock:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
+import threading
+
 import numpy as np
 
 
@@ -38,3 +42,49 @@ def condition_check(a, factor, dtype) -> bool:
     norm_a = float(np.max(np.asarray(abs(a).sum(axis=1)))) if a.nnz else 0.0
     bound = norm_a * float(np.max(np.abs(x)))
     return bool(np.isfinite(bound) and bound < 1.0 / (32.0 * np.finfo(real).eps))
+
+
+def _load_trim():
+    """glibc's `malloc_trim`, or `None` elsewhere (macOS, Windows, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim  # the symbols already loaded: libc's among them
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_trim()
+_TRIM_EVERY = 64 * 2**20
+_freed = 0
+_freed_lock = threading.Lock()
+
+
+def note_freed(nbytes: int) -> None:
+    """Hand freed factor memory back to the operating system once 64 MiB of factors have been
+    released (by any backend).
+
+    glibc raises its mmap threshold each time a large mmapped block is freed (up to 32 MiB), after
+    which factors of that size come from the heap; the heap fragments between long-lived arrays and
+    resident memory creeps up over thousands of factorizations although nothing is leaked (measured
+    here: +450 MiB over 600 solves of a 150x150 Poisson matrix, flat with `malloc_trim`).
+    `malloc_trim(0)` costs about 0.4 ms in a JAX process, so it runs once per 64 MiB of factors
+    freed, not per factor. A no-op off glibc."""
+    global _freed
+    if _malloc_trim is None:
+        return
+    with _freed_lock:
+        _freed += nbytes
+        if _freed < _TRIM_EVERY:
+            return
+        _freed = 0
+    _malloc_trim(0)
+
+
+def release_memory() -> None:
+    """Return the free memory of the C heap to the operating system now (`clear_cache()` does)."""
+    global _freed
+    if _malloc_trim is not None:
+        with _freed_lock:
+            _freed = 0
+        _malloc_trim(0)

@@ -20,7 +20,7 @@ from ...linops.sparse import SparseCOOLinearOperator, SparsityPattern
 from ..base import AbstractLinearSolver
 from . import _cudss, _pardiso, _superlu
 from ._cache import CACHE
-from ._common import SINGULAR
+from ._common import SINGULAR, release_memory
 
 BACKENDS = ("auto", "superlu", "pardiso", "cudss")
 _MODULES = {"superlu": _superlu, "pardiso": _pardiso, "cudss": _cudss}
@@ -307,6 +307,7 @@ def clear_cache() -> None:
     CACHE.clear()
     if _pardiso._handles:
         _pardiso.reset()
+    release_memory()
 
 
 def set_cache_limits(max_entries: int | None = None, max_bytes: int | None = None) -> None:

@@ -3,9 +3,25 @@
 SuperLU does its ordering, symbolic and numeric factorization in one call, so a repeated pattern
 cannot reuse the symbolic analysis here; only the ordering choice and the CSC layout are reused
 (memoised on the pattern). Transposed solves use `SuperLU.solve(trans="T")` with the same factors.
+
+**Thread affinity.** SciPy's SuperLU wrapper records every block it allocates in a registry that
+belongs to the allocating thread, and its `free` releases a block only if it finds it in the
+*current* thread's registry (`superlu_python_module_free` in SciPy's `_superlu_utils.c`; the
+registry exists so that an aborted factorization can free what it had allocated). A `SuperLU`
+object destroyed on another thread than the one that created it therefore keeps its L and U
+factors for ever. `jax.pure_callback` runs its callbacks on whichever XLA thread is free, and the
+factorization cache evicts an entry on whichever thread inserts the next one, so without care a
+loop of solves leaks about one factorization per call. Every `SuperLU` object is therefore created
+on, and destroyed on, one of a few dedicated owner threads (`_Owner`); solves (whose work arrays
+are allocated and freed within the call) run on the caller's thread.
 """
 
 from __future__ import annotations
+
+import itertools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -32,14 +48,72 @@ def ordering(pattern: SparsityPattern) -> str:
     return "MMD_AT_PLUS_A" if pattern.is_structurally_symmetric() else "COLAMD"
 
 
-class SuperLUFactor:
-    __slots__ = ("lu",)
+class _Owner:
+    """A single thread on which `SuperLU` objects are created and destroyed (see the module
+    docstring). A few of them, handed out in turn, let Python threads factorize concurrently."""
 
-    def __init__(self, lu):
-        self.lu = lu
+    def __init__(self, index: int):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"linopx-superlu-{index}")
+        self._ident: int | None = None
+
+    def _mark(self) -> None:
+        self._ident = threading.get_ident()
+
+    def run(self, fn, *args):
+        if self._ident is None:
+            self._pool.submit(self._mark).result()
+        if threading.get_ident() == self._ident:
+            return fn(*args)
+        return self._pool.submit(fn, *args).result()
+
+
+_OWNER_COUNT = max(1, min(4, os.cpu_count() or 1))
+_owners: list[_Owner] = []
+_owners_lock = threading.Lock()
+_next_owner = itertools.count()
+
+
+def _owner() -> _Owner:
+    with _owners_lock:
+        if not _owners:
+            _owners.extend(_Owner(i) for i in range(_OWNER_COUNT))
+        return _owners[next(_next_owner) % len(_owners)]
+
+
+def _drop(box: list) -> None:
+    box.clear()  # the last reference to the `SuperLU` object goes here, on its owner thread
+
+
+class SuperLUFactor:
+    """A `SuperLU` object with the thread it must die on. `close()` (called by the cache when it
+    releases the entry) destroys it there; `__del__` does the same for a factor dropped unclosed."""
+
+    __slots__ = ("_box", "owner")
+
+    def __init__(self, lu, owner: _Owner):
+        # Only the list refers to the `SuperLU` object, so clearing it on the owner thread frees it
+        # there, however many Python references to this wrapper remain elsewhere.
+        self._box = [lu]
+        self.owner = owner
+
+    @property
+    def lu(self):
+        return self._box[0]
 
     def solve(self, b: np.ndarray, transposed: bool) -> np.ndarray:
-        return self.lu.solve(b, trans="T" if transposed else "N")
+        return self._box[0].solve(b, trans="T" if transposed else "N")
+
+    def close(self) -> None:
+        box = self._box
+        if box:
+            self._box = []
+            self.owner.run(_drop, box)
+
+    def __del__(self):
+        try:
+            self.close()
+        except RuntimeError:  # interpreter shutdown: the owner threads are gone
+            pass
 
 
 def factorize(pattern: SparsityPattern, values: np.ndarray, dtype, kind: str):
@@ -51,15 +125,25 @@ def factorize(pattern: SparsityPattern, values: np.ndarray, dtype, kind: str):
     layout = _layout.csc(pattern)
     data = layout.data(values, dtype)
     a = sp.csc_matrix((data, layout.indices, layout.indptr), shape=pattern.shape)
-    try:
-        lu = splu(a, permc_spec=ordering(pattern))
-    except RuntimeError as err:  # "Factor is exactly singular"
-        if "singular" in str(err).lower():
-            return SINGULAR, 0
-        raise
-    factor = SuperLUFactor(lu)
-    if not condition_check(a, factor, dtype):
+    owner = _owner()
+
+    def make():
+        try:
+            return [splu(a, permc_spec=ordering(pattern))]
+        except RuntimeError as err:  # "Factor is exactly singular"
+            if "singular" in str(err).lower():
+                return None
+            raise
+
+    box = owner.run(make)
+    if box is None:
         return SINGULAR, 0
+    lu = box.pop()
     # `lu.nnz` counts the entries of L and U; each costs a value and (about) one int32 index.
     nbytes = int(lu.nnz) * (np.dtype(dtype).itemsize + 4) + 16 * pattern.shape[0]
+    factor = SuperLUFactor(lu, owner)
+    del box, lu
+    if not condition_check(a, factor, dtype):
+        factor.close()
+        return SINGULAR, 0
     return factor, nbytes
