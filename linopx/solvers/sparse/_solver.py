@@ -307,6 +307,7 @@ def clear_cache() -> None:
     CACHE.clear()
     if _pardiso._handles:
         _pardiso.reset()
+    _superlu.sync()
     release_memory()
 
 

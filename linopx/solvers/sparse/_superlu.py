@@ -60,11 +60,19 @@ class _Owner:
         self._ident = threading.get_ident()
 
     def run(self, fn, *args):
+        """`fn(*args)` on the owner thread, waiting for its result."""
         if self._ident is None:
             self._pool.submit(self._mark).result()
         if threading.get_ident() == self._ident:
             return fn(*args)
         return self._pool.submit(fn, *args).result()
+
+    def post(self, fn, *args) -> None:
+        """`fn(*args)` on the owner thread, without waiting (releases need no answer)."""
+        if threading.get_ident() == self._ident:
+            fn(*args)
+        else:
+            self._pool.submit(fn, *args)
 
 
 _OWNER_COUNT = max(1, min(4, os.cpu_count() or 1))
@@ -78,6 +86,15 @@ def _owner() -> _Owner:
         if not _owners:
             _owners.extend(_Owner(i) for i in range(_OWNER_COUNT))
         return _owners[next(_next_owner) % len(_owners)]
+
+
+def sync() -> None:
+    """Wait until every owner thread has done what was posted to it (`clear_cache` calls this so
+    that the memory it measures as released is released)."""
+    with _owners_lock:
+        owners = list(_owners)
+    for owner in owners:
+        owner.run(lambda: None)
 
 
 def _drop(box: list) -> None:
@@ -107,7 +124,7 @@ class SuperLUFactor:
         box = self._box
         if box:
             self._box = []
-            self.owner.run(_drop, box)
+            self.owner.post(_drop, box)
 
     def __del__(self):
         try:
