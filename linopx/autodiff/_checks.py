@@ -20,6 +20,8 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
 
 from .. import _tree
 from .._compat import enum_index, enum_message
@@ -84,52 +86,110 @@ def _host_check(code, solver_code, *arrays, n_operator: int, member_ndims: tuple
     return np.zeros(code.shape, np.int32)
 
 
+def _guard_impl(*operands, n_values: int, n_operator: int, member_ndims: tuple):
+    """What `check_p` computes: the values, unchanged, once the host has confirmed that no member
+    failed. `code` carries one leading axis per `vmap` level; so does every value, and so does every
+    array (of size 1 where unbatched at that level)."""
+    values = list(operands[:n_values])
+    code, solver_code = operands[n_values], operands[n_values + 1]
+    arrays = list(operands[n_values + 2 :])
+    host = functools.partial(_host_check, n_operator=n_operator, member_ndims=member_ndims)
+    # The predicate is a single boolean, so the callback, and the look at the inputs, only run
+    # when a solve failed.
+    token = jax.lax.cond(
+        jnp.any(code != _SUCCESSFUL),
+        lambda: jax.pure_callback(
+            host,
+            jax.ShapeDtypeStruct(code.shape, jnp.int32),
+            code,
+            solver_code,
+            *arrays,
+            vmap_method="sequential",
+        ),
+        lambda: jnp.zeros(code.shape, jnp.int32),
+    )
+    # Tie the values to the check so that neither can be dropped or reordered before it: the
+    # token is always 0 when the callback returns (it raises otherwise).
+    ok = jnp.all(token == 0)
+    return [jnp.where(ok, v, jnp.full_like(v, jnp.nan)) for v in values]
+
+
+# `check_p(*values, code, solver_code, *arrays)` returns `values`, raising at run time if `code`
+# says a solve failed. It is a primitive of its own, rather than the `cond`/`where` it lowers to, so
+# that it is linear in `values` as JAX sees it: its JVP and transpose pass the values' tangents and
+# cotangents straight through, and `jax.linear_transpose` of a solve (and the transposition that
+# libraries such as Optimistix and Diffrax do of linearised programs) never has to transpose the
+# check. The transposed solve carries its own check (`check=throw` in the primitive's transpose).
+check_p = Primitive("linopx_check")
+check_p.multiple_results = True
+
+
+def _check_abstract_eval(*avals, n_values, **_):
+    return [jax.core.ShapedArray(a.shape, a.dtype) for a in avals[:n_values]]
+
+
+def _check_lowering(ctx, *args, **params):
+    fn = functools.partial(_guard_impl, **params)
+    return mlir.lower_fun(fn, multiple_results=True)(ctx, *args)
+
+
+@functools.lru_cache(maxsize=64)
+def _check_eager(params: tuple):
+    kw = dict(params)
+    return jax.jit(lambda *xs: check_p.bind(*xs, **kw))
+
+
+def _check_impl(*args, **params):
+    return _check_eager(tuple(sorted(params.items())))(*args)
+
+
+def _check_jvp(primals, tangents, *, n_values, **params):
+    out = check_p.bind(*primals, n_values=n_values, **params)
+    return out, list(tangents[:n_values])
+
+
+def _check_transpose(cts, *args, n_values, **params):
+    return list(cts[:n_values]) + [None] * (len(args) - n_values)
+
+
+def _check_batch(args, dims, *, n_values, **params):
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+
+    def full(x, d):  # every member along a new leading axis
+        if d is None:
+            return jnp.broadcast_to(x, (size, *jnp.shape(x)))
+        return jnp.moveaxis(x, d, 0)
+
+    def lead(x, d):  # a leading axis for this level: size 1 (a reshape, not a copy) if unbatched
+        return jnp.expand_dims(x, 0) if d is None else jnp.moveaxis(x, d, 0)
+
+    n_full = n_values + 2  # the values and both codes; the inspected arrays only get a lead axis
+    new = [full(a, d) if i < n_full else lead(a, d) for i, (a, d) in enumerate(zip(args, dims))]
+    return check_p.bind(*new, n_values=n_values, **params), [0] * n_values
+
+
+check_p.def_abstract_eval(_check_abstract_eval)
+check_p.def_impl(_check_impl)
+mlir.register_lowering(check_p, _check_lowering)
+ad.primitive_jvps[check_p] = _check_jvp
+ad.primitive_transposes[check_p] = _check_transpose
+batching.primitive_batchers[check_p] = _check_batch
+
+
 def raise_if_failed(value, result, solver_result, operator_leaves, vector_leaves):
     """Return `value`, raising at run time if `result` is a failure (with the message of
     `classify`'s diagnosis). The inputs are only inspected, on the host, when the solve failed."""
-    operator_arrays = [jax.lax.stop_gradient(x) for x in _inexact(operator_leaves)]
-    vector_arrays = [jax.lax.stop_gradient(x) for x in _inexact(vector_leaves)]
+    operator_arrays = _inexact(operator_leaves)
+    vector_arrays = _inexact(vector_leaves)
     arrays = operator_arrays + vector_arrays
-    host = functools.partial(
-        _host_check,
+    values, treedef = jax.tree_util.tree_flatten(value)
+    out = check_p.bind(
+        *values,
+        enum_index(result),
+        enum_index(solver_result),
+        *arrays,
+        n_values=len(values),
         n_operator=len(operator_arrays),
         member_ndims=tuple(jnp.ndim(a) for a in arrays),
     )
-
-    @jax.custom_batching.custom_vmap
-    def guard(code, solver_code, *arrays):
-        # `code` has one axis per `vmap` level (none outside `vmap`). The predicate is a single
-        # boolean, so the callback, and the look at the inputs, only run when a solve failed.
-        return jax.lax.cond(
-            jnp.any(code != _SUCCESSFUL),
-            lambda: jax.pure_callback(
-                host,
-                jax.ShapeDtypeStruct(code.shape, jnp.int32),
-                code,
-                solver_code,
-                *arrays,
-                vmap_method="sequential",
-            ),
-            lambda: jnp.zeros(code.shape, jnp.int32),
-        )
-
-    @guard.def_vmap
-    def _(axis_size, in_batched, code, solver_code, *arrays):
-        # A `cond` on a batched predicate would run both branches and broadcast every operand (a
-        # whole matrix per batch member) to the batch. Instead, give every argument a leading axis
-        # for this level (size 1 where unbatched: a reshape, not a copy) and check again.
-        def lead(x, batched):
-            return x if batched else jnp.expand_dims(x, 0)
-
-        if not in_batched[0]:
-            code = jnp.broadcast_to(code, (axis_size, *jnp.shape(code)))
-        solver_code = jnp.broadcast_to(lead(solver_code, in_batched[1]), code.shape)
-        arrays = [lead(a, b) for a, b in zip(arrays, in_batched[2:])]
-        return guard(code, solver_code, *arrays), True
-
-    token = guard(enum_index(result), enum_index(solver_result), *arrays)
-    # Tie the value to the check so that neither can be dropped or reordered before it: the token
-    # is always 0 when the callback returns (it raises otherwise).
-    return jax.tree_util.tree_map(
-        lambda v: jnp.where(token == 0, v, jnp.full_like(v, jnp.nan)), value
-    )
+    return jax.tree_util.tree_unflatten(treedef, out)
