@@ -269,6 +269,18 @@ def _zero_tangent_like(x):
     return jnp.zeros(jnp.shape(x), jnp.result_type(x))
 
 
+def _instantiate_zeros(tangent, structure):
+    """`tangent` with its symbolic zeros (`None`: the parts of an output that do not depend on the
+    differentiated inputs, e.g. `J @ y` in `(J @ y, sqrt(lam) * y)` differentiated in `lam`)
+    replaced by arrays of zeros of `structure`."""
+    return jax.tree_util.tree_map(
+        lambda s, t: jnp.zeros(s.shape, s.dtype) if t is None else t,
+        structure,
+        tangent,
+        is_leaf=_is_leaf_none,
+    )
+
+
 def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
     """Tangent of `x = A⁺ b` for one (unbatched) solve.
 
@@ -291,12 +303,14 @@ def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
     if op_t is not None:
 
         def a_dot(v):
-            return eqx.filter_jvp(lambda o: o.mv(v), (operator,), (op_t,))[1]
+            out = eqx.filter_jvp(lambda o: o.mv(v), (operator,), (op_t,))[1]
+            return _instantiate_zeros(out, operator.out_structure())
 
         def a_dot_h(w):
             # A'ᴴ w = conj(A'ᵀ conj(w)); (A')ᵀ = (Aᵀ)' as the transpose is linear.
             w = _tree.tree_conj(w) if complex_ else w
             out = eqx.filter_jvp(lambda o: o.transpose().mv(w), (operator,), (op_t,))[1]
+            out = _instantiate_zeros(out, operator.in_structure())
             return _tree.tree_conj(out) if complex_ else out
 
         terms.append(_tree.tree_neg(a_dot(x)))
