@@ -9,7 +9,11 @@ sol = lx.linear_solve(lx.MatrixLinearOperator(A), b)      # A⁺ b, differentiab
 import importlib.metadata
 
 from ._caches import cache_info as cache_info, clear_caches as clear_caches
-from ._solution import RESULTS as RESULTS, Solution as Solution
+from ._solution import (
+    RESULTS as RESULTS,
+    LinearSolveError as LinearSolveError,
+    Solution as Solution,
+)
 from ._solve import invert as invert, linear_solve as linear_solve
 from .linops import (
     AbstractLinearOperator as AbstractLinearOperator,

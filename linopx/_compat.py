@@ -9,6 +9,8 @@ file needs to change.
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 from jax._src.lax.linalg import geqp3 as _geqp3, geqrf as _geqrf
@@ -41,3 +43,20 @@ def enum_index(item) -> jax.Array:
 def enum_message(enumeration, index: int) -> str:
     """The message of the `index`-th member of an `eqx.Enumeration` class."""
     return enumeration._index_to_message[index]
+
+
+# A failed solve raises from inside a `jax.pure_callback`; JAX logs every exception raised there
+# (`logger.exception("jax.pure_callback failed")` in `jax/_src/callback.py`, logger name
+# "jax._src.callback") before re-raising it, which prints a traceback to stderr. Our failures are
+# expected, reported values: drop exactly those records, leave every other one alone.
+_CALLBACK_LOGGER = "jax._src.callback"
+
+
+def silence_callback_log(exception_type: type) -> None:
+    """Stop JAX from logging exceptions of `exception_type` raised inside host callbacks."""
+
+    def keep(record) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, exception_type)
+
+    logging.getLogger(_CALLBACK_LOGGER).addFilter(keep)

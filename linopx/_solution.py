@@ -32,6 +32,25 @@ class RESULTS(eqx.Enumeration):
     nonfinite_input = "The operator or the right-hand side contains NaN or infinity."
 
 
+class LinearSolveError(eqx.EquinoxRuntimeError):
+    """What a failed solve raises with `throw=True` (the default).
+
+    Outside `jit` (an eager `lx.linear_solve`, or an eager `jax.grad` of one) it is raised as is,
+    and its message is the `RESULTS` text, e.g. "The linear system is singular ...". Inside a
+    `jax.jit` JAX raises its own `jax.errors.JaxRuntimeError` when the compiled program runs, and the
+    `RESULTS` text is in its message. Nothing is written to stderr either way. A `RuntimeError`
+    (through `equinox.EquinoxRuntimeError`, so code written for Lineax that catches that keeps
+    working). With `throw=False` nothing is raised: read `Solution.result` instead.
+
+    ```python
+    try:
+        x = lx.linear_solve(op, b).value
+    except lx.LinearSolveError as err:
+        print(err)    # The linear system is singular (or numerically so). ...
+    ```
+    """
+
+
 class Solution(eqx.Module):
     """The result of `lx.linear_solve`.
 

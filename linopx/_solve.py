@@ -12,7 +12,7 @@ from jaxtyping import PyTree
 from . import _tree
 from ._lru import LRUCache
 from ._solution import Solution
-from .autodiff._checks import classify, raise_if_failed
+from .autodiff._checks import classify, raise_if_failed, run_eagerly
 from .autodiff.primitive import bind_solve
 from .linops.base import AbstractLinearOperator
 from .solvers._damped import is_damped, undamp
@@ -120,14 +120,14 @@ def linear_solve(
     if not any(isinstance(x, jax.core.Tracer) for x in leaves):
         # Called outside any transformation: compile the whole solve once per signature (as
         # `jax.numpy` functions do), rather than dispatching its operations one by one.
-        return _eager_linear_solve(leaves, treedef)
+        return _eager_linear_solve(leaves, treedef, throw)
     return _linear_solve(*args)
 
 
 _EAGER_SOLVES = LRUCache(256)
 
 
-def _eager_linear_solve(leaves: list, treedef: Any) -> Solution:
+def _eager_linear_solve(leaves: list, treedef: Any, throw: bool) -> Solution:
     """`_linear_solve` compiled once per signature: the tree structure, the non-array leaves
     (functions, tags, Python numbers) and the arrays' shapes and dtypes are the key, the arrays the
     arguments. A plain `jax.jit` keyed here dispatches in about half the time of
@@ -142,7 +142,8 @@ def _eager_linear_solve(leaves: list, treedef: Any) -> Solution:
     try:
         hash(key)
     except TypeError:  # an unhashable leaf
-        return _linear_solve_jit(*jax.tree_util.tree_unflatten(treedef, leaves))
+        args = jax.tree_util.tree_unflatten(treedef, leaves)
+        return run_eagerly(_linear_solve_jit, *args) if throw else _linear_solve_jit(*args)
 
     def compile_solve():
         out_static: list = []
@@ -161,7 +162,7 @@ def _eager_linear_solve(leaves: list, treedef: Any) -> Solution:
         return jax.jit(run), out_static
 
     fn, out_static = _EAGER_SOLVES.get(key, compile_solve)
-    out_arrays = iter(fn(*arrays))
+    out_arrays = iter(run_eagerly(fn, *arrays) if throw else fn(*arrays))
     out_treedef, keep = out_static
     out_leaves = [next(out_arrays) if x is None else x for x in keep]
     return jax.tree_util.tree_unflatten(out_treedef, out_leaves)

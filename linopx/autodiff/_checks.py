@@ -16,6 +16,7 @@ solution or a failed solver). *Why* it failed is worked out only where someone l
 from __future__ import annotations
 
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +25,40 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from .. import _tree
-from .._compat import enum_index, enum_message
-from .._solution import RESULTS
+from .._compat import enum_index, enum_message, silence_callback_log
+from .._solution import RESULTS, LinearSolveError
 
 _SUCCESSFUL = int(enum_index(RESULTS.successful))
 _NONFINITE = int(enum_index(RESULTS.nonfinite_input))
 _SINGULAR = int(enum_index(RESULTS.singular))
+
+
+silence_callback_log(LinearSolveError)
+
+_FAILURE = re.compile(r"LinearSolveError: (.*)", re.DOTALL)
+
+
+def clean_failure(err: BaseException) -> LinearSolveError | None:
+    """The `LinearSolveError` that a JAX runtime error carries (raised by `_host_check` inside a
+    callback, and wrapped by JAX with the callback's traceback), or `None` if it carries none."""
+    if isinstance(err, LinearSolveError):
+        return err
+    matches = _FAILURE.findall(str(err))
+    if not matches:
+        return None
+    return LinearSolveError(matches[-1].strip())
+
+
+def run_eagerly(fn, *args):
+    """`fn(*args)` (a compiled solve), waiting for its outputs so that a failed solve raises here,
+    as a clean `LinearSolveError` without JAX's wrapping."""
+    try:
+        return jax.block_until_ready(fn(*args))
+    except jax.errors.JaxRuntimeError as err:
+        clean = clean_failure(err)
+        if clean is None:
+            raise
+        raise clean from None
 
 
 def _inexact(leaves) -> list:
@@ -82,7 +111,7 @@ def _host_check(code, solver_code, *arrays, n_operator: int, member_ndims: tuple
             c = _NONFINITE
         elif c == _NONFINITE:
             c = _SINGULAR
-        raise RuntimeError(enum_message(RESULTS, c))
+        raise LinearSolveError(enum_message(RESULTS, c))
     return np.zeros(code.shape, np.int32)
 
 
@@ -140,7 +169,7 @@ def _check_eager(params: tuple):
 
 
 def _check_impl(*args, **params):
-    return _check_eager(tuple(sorted(params.items())))(*args)
+    return run_eagerly(_check_eager(tuple(sorted(params.items()))), *args)
 
 
 def _check_jvp(primals, tangents, *, n_values, **params):

@@ -29,7 +29,7 @@ from .. import _tree
 from .._lru import LRUCache
 from .._solution import RESULTS
 from ..linops.functions import conj as conj_operator
-from ._checks import raise_if_failed
+from ._checks import raise_if_failed, run_eagerly
 
 # ---------------------------------------------------------------------------------------------
 # Static (non-array) parameters
@@ -230,7 +230,8 @@ def _eager(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
             )
         )
 
-    return _EAGER_CACHE.get((static, batch, throw, check), compile_bind)(*leaves)
+    fn = _EAGER_CACHE.get((static, batch, throw, check), compile_bind)
+    return run_eagerly(fn, *leaves) if (throw or check) else fn(*leaves)
 
 
 linear_solve_p = Primitive("linopx_linear_solve")
