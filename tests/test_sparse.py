@@ -193,16 +193,18 @@ def test_bad_construction(args, error, match):
         lx.SparseCOOLinearOperator(*args)
 
 
-def test_scipy_matrix_as_values_and_traced_indices():
+def test_scipy_matrix_as_values_rejected_and_traced_indices_accepted():
     with pytest.raises(TypeError, match="from_scipy"):
         lx.SparseCOOLinearOperator(sp.eye(2), np.array([0]), np.array([0]), (2, 2))
 
+    # Traced indices are accepted (see test_sparse_traced.py): the pattern travels as leaves.
     @jax.jit
     def build(rows):
-        return lx.SparseCOOLinearOperator(jnp.ones(2), rows, np.array([0, 1]), (2, 2)).values
+        op = lx.SparseCOOLinearOperator(jnp.ones(2), rows, np.array([0, 1]), (2, 2))
+        assert op.is_traced
+        return op.as_matrix()
 
-    with pytest.raises(TypeError, match="must be concrete"):
-        build(jnp.array([0, 1]))
+    np.testing.assert_array_equal(build(jnp.array([0, 1])), np.eye(2))
 
 
 def test_mv_needs_a_flat_vector():

@@ -1,12 +1,17 @@
 """`SparseCOOLinearOperator`: a sparse matrix in coordinate (COO) form.
 
-The sparsity pattern (`rows`, `cols`, `shape`) is static structure, held as NumPy arrays with a
-hash and an equality on their bytes; only `values` is an array leaf. This is what lets a sparse
-direct solver decide things about the pattern at trace time (is it structurally symmetric? which
-fill-reducing ordering? has its symbolic analysis been done already?) and use the pattern as a
-cache key, and it keeps the integer indices out of differentiation and batching altogether.
-The price is that the indices must be concrete when the operator is built (they cannot be traced
-inside `jax.jit`); the values can be.
+Two kinds of pattern (`rows`, `cols`):
+
+- **Concrete** (NumPy arrays, or JAX arrays outside any transformation): the fast path. The pattern
+  is static structure, held as NumPy arrays with a hash and an equality on their bytes, and only
+  `values` is an array leaf. A sparse direct solver then decides things about the pattern at trace
+  time (is it structurally symmetric? which fill-reducing ordering? has its symbolic analysis been
+  done already?) and uses it as a cache key.
+- **Traced** (index arrays or a `jax.experimental.sparse.BCOO` passed into `jax.jit`, as JAX users
+  hold sparse matrices): the indices are integer array leaves next to the values. `mv` and the
+  other operator functions work on them in the graph; a sparse direct solve sends them to the host
+  with the values, where the pattern is rebuilt and analysed, cached by a digest of the indices.
+  Integer leaves carry no derivatives, so gradients still live on the values only.
 """
 
 from __future__ import annotations
@@ -126,13 +131,28 @@ class SparsityPattern:
         return f"SparsityPattern(shape={self.shape}, nnz={self.nnz}, key={self.key[:8]})"
 
 
-def _concrete_indices(x: Any, name: str) -> np.ndarray:
-    if isinstance(x, jax.core.Tracer):
+class TracedIndices:
+    """`rows` and `cols` as traced integer arrays (see the module docstring)."""
+
+    __slots__ = ("cols", "rows")
+
+    def __init__(self, rows: jax.Array, cols: jax.Array):
+        self.rows = rows
+        self.cols = cols
+
+
+def _traced_indices(x: Any, name: str) -> jax.Array:
+    if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(
-            f"SparseCOOLinearOperator: `{name}` is a traced JAX value. The sparsity pattern is static "
-            "structure and must be concrete: build the operator outside `jax.jit`/`jax.vmap` (or pass "
-            "NumPy arrays) and pass only the values through the transformation."
+            f"SparseCOOLinearOperator: `{name}` must have an integer dtype, got {x.dtype}; "
+            f"convert with `{name}.astype(jnp.int32)` if the values are whole numbers."
         )
+    if x.ndim != 1:
+        raise ValueError(f"SparseCOOLinearOperator: `{name}` must be 1-D, got shape {x.shape}.")
+    return x
+
+
+def _concrete_indices(x: Any, name: str) -> np.ndarray:
     if not isinstance(x, (np.ndarray, jax.Array)):
         raise TypeError(
             f"SparseCOOLinearOperator: `{name}` must be a NumPy or JAX integer array, got "
@@ -171,8 +191,13 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
     - `values`: a 1-D float or complex array of length `nnz` (NumPy or JAX; may be traced, and is
       what derivatives are taken with respect to). Integer values are cast to JAX's default float
       dtype.
-    - `rows`, `cols`: 1-D integer arrays of length `nnz`, the row and column of each value. They are
-      static structure: concrete NumPy or JAX arrays, not traced values.
+    - `rows`, `cols`: 1-D integer arrays of length `nnz`, the row and column of each value.
+      Concrete (NumPy, or JAX outside transformations) is the fast path: the pattern is static and
+      analysed at trace time, and out-of-range indices raise here. Traced indices (passed into
+      `jax.jit`) are accepted too: the pattern then travels with the values and a sparse direct
+      solve analyses it on the host (cached by a digest), where out-of-range indices raise; in
+      `mv` JAX's scatter semantics apply to them (an out-of-range row is dropped), so check traced
+      indices yourself if they may be wrong.
     - `shape`: the pair `(m, n)`.
     - `tags`: structural promises such as `lx.symmetric_tag` or `lx.positive_semidefinite_tag`
       (square operators only). They are not checked against the values; `lx.SparseLU` uses them to
@@ -193,14 +218,30 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
     """
 
     values: Inexact[Array, " nnz"]
-    pattern: SparsityPattern = eqx.field(static=True)
+    # Traced patterns only: the `(rows, cols)` integer arrays (leaves). `None` when concrete.
+    index: tuple | None
+    # Concrete patterns only (static); `None` when traced.
+    pattern: SparsityPattern | None = eqx.field(static=True)
+    dims: tuple = eqx.field(static=True)
     tags: frozenset = eqx.field(static=True)
 
     def __init__(self, values: Any, rows: Any, cols: Any = None, shape: Any = None, tags: Any = ()):
         # `rows` may also be a `SparsityPattern` (then `cols` and `shape` are omitted): how
-        # `transpose` and `conj` rebuild an operator without re-checking and re-hashing the indices.
+        # `transpose` and `conj` rebuild an operator without re-checking and re-hashing the indices;
+        # or `TracedIndices` (then `shape` is given): the same for traced patterns.
         pattern = rows if isinstance(rows, SparsityPattern) else None
-        if pattern is None and (cols is None or shape is None):
+        traced = rows if isinstance(rows, TracedIndices) else None
+        if pattern is None and traced is None and (
+            isinstance(rows, jax.core.Tracer) or isinstance(cols, jax.core.Tracer)
+        ):
+            if not isinstance(rows, (np.ndarray, jax.Array)) or not isinstance(
+                cols, (np.ndarray, jax.Array)
+            ):
+                raise TypeError("SparseCOOLinearOperator: `rows` and `cols` must be integer arrays.")
+            traced = TracedIndices(
+                _traced_indices(jnp.asarray(rows), "rows"), _traced_indices(jnp.asarray(cols), "cols")
+            )
+        if pattern is None and (cols is None or shape is None) and traced is None:
             raise TypeError("SparseCOOLinearOperator needs `values`, `rows`, `cols` and `shape`.")
         if not isinstance(values, (np.ndarray, jax.Array)):
             if hasattr(values, "tocoo"):
@@ -218,6 +259,25 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
                 f"SparseCOOLinearOperator: `values` must be 1-D (one value per entry), got shape "
                 f"{values.shape}. To solve with many matrices sharing a pattern, `jax.vmap` over the values."
             )
+        if traced is not None:
+            m, n = _check_shape(shape)
+            r_len, c_len = traced.rows.shape[0], traced.cols.shape[0]
+            if not (values.shape[0] == r_len == c_len):
+                raise ValueError(
+                    "SparseCOOLinearOperator: `values`, `rows` and `cols` must have the same length, "
+                    f"got {values.shape[0]}, {r_len} and {c_len}."
+                )
+            self.values = values
+            self.index = (traced.rows, traced.cols)
+            self.pattern = None
+            self.dims = (m, n)
+            self.tags = check_tags(
+                tags,
+                jax.ShapeDtypeStruct((n,), values.dtype),
+                jax.ShapeDtypeStruct((m,), values.dtype),
+                "SparseCOOLinearOperator",
+            )
+            return
         if pattern is None:
             m, n = _check_shape(shape)
             r = _concrete_indices(rows, "rows")
@@ -238,8 +298,10 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
         elif values.shape[0] != pattern.nnz:
             raise ValueError("SparseCOOLinearOperator: values do not match the pattern's length.")
         self.values = values
+        self.index = None
         self.pattern = pattern
         m, n = pattern.shape
+        self.dims = (m, n)
         self.tags = check_tags(
             tags,
             jax.ShapeDtypeStruct((n,), values.dtype),
@@ -269,8 +331,9 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
     @classmethod
     def from_bcoo(cls, bcoo: Any, tags: Any = ()) -> SparseCOOLinearOperator:
         """Build from a 2-D `jax.experimental.sparse.BCOO` without batch or dense dimensions.
-        BCOO's padding entries (indices equal to the shape) are dropped. The indices must be concrete;
-        `bcoo.data` may be traced."""
+        BCOO's padding entries (indices equal to the shape) are dropped (with traced indices: turned
+        into explicit zeros). `bcoo.data` and `bcoo.indices` may both be traced, e.g. a BCOO passed
+        into `jax.jit`."""
         n_batch = getattr(bcoo, "n_batch", None)
         n_dense = getattr(bcoo, "n_dense", None)
         if n_batch is None or not hasattr(bcoo, "indices"):
@@ -282,11 +345,19 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
                 "from_bcoo needs a 2-D BCOO with n_batch=0 and n_dense=0, got shape "
                 f"{bcoo.shape}, n_batch={n_batch}, n_dense={n_dense}."
             )
+        m, n = int(bcoo.shape[0]), int(bcoo.shape[1])
         if isinstance(bcoo.indices, jax.core.Tracer):
-            _concrete_indices(bcoo.indices, "indices")  # raises the explanation
+            # A traced pattern. BCOO pads with entries whose indices equal the shape; with traced
+            # indices they cannot be dropped, so they become explicit zeros at (0, 0), which
+            # changes neither products nor factorizations (and takes a zero gradient).
+            rows, cols = bcoo.indices[:, 0], bcoo.indices[:, 1]
+            pad = (rows >= m) | (cols >= n)
+            data = jnp.where(pad, jnp.zeros((), bcoo.data.dtype), bcoo.data)
+            rows = jnp.where(pad, 0, rows)
+            cols = jnp.where(pad, 0, cols)
+            return cls(data, TracedIndices(rows, cols), shape=(m, n), tags=tags)
         indices = np.asarray(bcoo.indices)
         idx, idx_c = indices[:, 0], indices[:, 1]
-        m, n = int(bcoo.shape[0]), int(bcoo.shape[1])
         keep = (idx < m) & (idx_c < n)
         data = bcoo.data
         if not keep.all():
@@ -298,7 +369,7 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
         them). Needs concrete values (not inside `jax.jit`)."""
         import scipy.sparse as sp
 
-        if isinstance(self.values, jax.core.Tracer):
+        if isinstance(self.values, jax.core.Tracer) or self.pattern is None:
             raise TypeError("to_scipy needs concrete values; call it outside `jax.jit`/`jax.vmap`.")
         return sp.coo_array(
             (np.asarray(self.values), (self.pattern.rows, self.pattern.cols)),
@@ -308,25 +379,34 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
     # ---- properties --------------------------------------------------------------------------
 
     @property
-    def rows(self) -> np.ndarray:
-        return self.pattern.rows
+    def rows(self) -> Any:
+        """The row indices: a read-only NumPy array, or a JAX array for a traced pattern."""
+        return self.pattern.rows if self.pattern is not None else self.index[0]
 
     @property
-    def cols(self) -> np.ndarray:
-        return self.pattern.cols
+    def cols(self) -> Any:
+        return self.pattern.cols if self.pattern is not None else self.index[1]
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.pattern.shape
+        return self.dims
 
     @property
     def nnz(self) -> int:
-        return self.pattern.nnz
+        return int(self.values.shape[0])
+
+    @property
+    def is_traced(self) -> bool:
+        """Whether the pattern is traced (integer array leaves) rather than static."""
+        return self.pattern is None
+
+    def _sorted_rows(self) -> bool:
+        return self.pattern.rows_sorted if self.pattern is not None else False
 
     # ---- the operator interface --------------------------------------------------------------
 
     def _check_vector(self, vector: Any) -> jax.Array:
-        n = self.pattern.shape[1]
+        n = self.dims[1]
         if not isinstance(vector, (np.ndarray, jax.Array)) or jnp.ndim(vector) != 1:
             shape = getattr(vector, "shape", type(vector).__name__)
             raise ValueError(
@@ -342,32 +422,34 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
     def mv(self, vector):
         x = self._check_vector(vector)
         dtype = _tree.common_dtype(self.values.dtype, x.dtype)
-        p = self.pattern
         # y[i] = sum_k values[k] x[cols[k]] over the k with rows[k] = i: a gather and a segment sum,
         # O(nnz) work and memory. Its transpose (reverse mode) is again a gather and a segment sum.
-        prod = self.values.astype(dtype) * x.astype(dtype)[p.cols]
+        prod = self.values.astype(dtype) * x.astype(dtype)[self.cols]
         return jax.ops.segment_sum(
-            prod, p.rows, num_segments=p.shape[0], indices_are_sorted=p.rows_sorted
+            prod, self.rows, num_segments=self.dims[0], indices_are_sorted=self._sorted_rows()
         )
 
     def as_matrix(self):
-        m, n = self.pattern.shape
-        return (
-            jnp.zeros((m, n), self.values.dtype)
-            .at[self.pattern.rows, self.pattern.cols]
-            .add(self.values)
-        )
+        m, n = self.dims
+        return jnp.zeros((m, n), self.values.dtype).at[self.rows, self.cols].add(self.values)
 
     def transpose(self):
+        if self.pattern is None:
+            return SparseCOOLinearOperator(
+                self.values,
+                TracedIndices(self.index[1], self.index[0]),
+                shape=(self.dims[1], self.dims[0]),
+                tags=transpose_tags(self.tags),
+            )
         return SparseCOOLinearOperator(
             self.values, self.pattern.transpose(), tags=transpose_tags(self.tags)
         )
 
     def in_structure(self):
-        return jax.ShapeDtypeStruct((self.pattern.shape[1],), self.values.dtype)
+        return jax.ShapeDtypeStruct((self.dims[1],), self.values.dtype)
 
     def out_structure(self):
-        return jax.ShapeDtypeStruct((self.pattern.shape[0],), self.values.dtype)
+        return jax.ShapeDtypeStruct((self.dims[0],), self.values.dtype)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,9 +461,21 @@ materialise.register(SparseCOOLinearOperator)(lambda op: op)
 linearise.register(SparseCOOLinearOperator)(lambda op: op)
 
 
+def _band(op, offset: int, length: int):
+    """For a traced pattern: the entries with `cols - rows == offset` scatter-added by their row
+    (by their column for offset < 0) into a vector of `length`; others are dropped."""
+    rows, cols = op.index
+    on = (cols - rows) == offset
+    where = rows if offset >= 0 else cols
+    where = jnp.where(on, where, length)  # out of range: dropped
+    return jnp.zeros(length, op.values.dtype).at[where].add(op.values, mode="drop")
+
+
 @diagonal.register(SparseCOOLinearOperator)
 def _(op):
     # Scatter-add the entries on the diagonal into a length-min(m, n) vector: O(nnz), no n x n.
+    if op.pattern is None:
+        return _band(op, 0, min(op.dims))
     p = op.pattern
     k = min(p.shape)
     on_diag = p.memo("diag_idx", lambda: np.flatnonzero(p.rows == p.cols))
@@ -390,9 +484,13 @@ def _(op):
 
 @tridiagonal.register(SparseCOOLinearOperator)
 def _(op):
-    p = op.pattern
-    if p.shape[0] != p.shape[1]:
+    if op.dims[0] != op.dims[1]:
         raise ValueError("`lx.tridiagonal` needs a square operator.")
+    if op.pattern is None:
+        n = op.dims[0]
+        k = max(n - 1, 0)
+        return _band(op, 0, n), _band(op, -1, k), _band(op, 1, k)
+    p = op.pattern
     n = p.shape[0]
     d = diagonal(op)
     lo_idx = p.memo("lower_band_idx", lambda: np.flatnonzero(p.rows == p.cols + 1))
@@ -407,7 +505,11 @@ def _(op):
 def _(op):
     if not jnp.issubdtype(op.values.dtype, jnp.complexfloating):
         return op
+    if op.pattern is None:
+        return SparseCOOLinearOperator(
+            jnp.conj(op.values), TracedIndices(*op.index), shape=op.dims, tags=op.tags
+        )
     return SparseCOOLinearOperator(jnp.conj(op.values), op.pattern, tags=op.tags)
 
 
-__all__ = ["SparseCOOLinearOperator", "SparsityPattern"]
+__all__ = ["SparseCOOLinearOperator", "SparsityPattern", "TracedIndices"]

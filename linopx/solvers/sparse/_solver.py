@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import equinox as eqx
@@ -13,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from ... import _tree
+from ..._compat import silence_callback_log
 from ..._solution import RESULTS
 from ...linops.composite import TaggedLinearOperator
 from ...linops.functions import is_positive_semidefinite, is_symmetric
 from ...linops.sparse import SparseCOOLinearOperator, SparsityPattern
 from ..base import AbstractLinearSolver
 from . import _cudss, _pardiso, _superlu
-from ._cache import CACHE
+from ._cache import CACHE, digest
 from ._common import SINGULAR, release_memory
 
 BACKENDS = ("auto", "superlu", "pardiso", "cudss")
@@ -87,7 +90,9 @@ def resolve_backend(backend: str, dtype, platform: str) -> str:
 
 class _SparseLUState(eqx.Module):
     values: jax.Array
-    pattern: SparsityPattern = eqx.field(static=True)
+    index: tuple | None  # a traced pattern's (rows, cols); None when `pattern` is concrete
+    pattern: SparsityPattern | None = eqx.field(static=True)
+    dims: tuple = eqx.field(static=True)
     backend: str = eqx.field(static=True)
     kind: str = eqx.field(static=True)
     transposed: bool = eqx.field(static=True)
@@ -180,10 +185,12 @@ class SparseLU(AbstractLinearSolver):
         values = sparse.values
         backend = resolve_backend(self.backend, values.dtype, _platform(values))
         kind = _kind(outer, values.dtype)
-        return _SparseLUState(values, sparse.pattern, backend, kind, False, False)
+        return _SparseLUState(
+            values, sparse.index, sparse.pattern, sparse.shape, backend, kind, False, False
+        )
 
     def compute(self, state: _SparseLUState, vector, options):
-        n = state.pattern.shape[0]
+        n = state.dims[0]
         leaves = jax.tree_util.tree_leaves(vector)
         single = jax.tree_util.tree_structure(vector) == jax.tree_util.tree_structure(0)
         if not single or jnp.ndim(leaves[0]) != 1 or jnp.shape(leaves[0])[0] != n:
@@ -193,19 +200,17 @@ class SparseLU(AbstractLinearSolver):
             )
         b = jnp.asarray(leaves[0])
         dtype = _tree.common_dtype(state.values.dtype, b.dtype)
-        host = functools.partial(
-            _host_solve,
-            state.pattern,
-            state.backend,
-            state.kind,
-            state.transposed,
-            state.conjugated,
-            np.dtype(dtype),
-        )
+        settings = (state.backend, state.kind, state.transposed, state.conjugated, np.dtype(dtype))
+        if state.pattern is not None:
+            host = functools.partial(_host_solve, state.pattern, *settings)
+            operands = (state.values,)
+        else:  # a traced pattern: its indices travel to the host with the values
+            host = functools.partial(_host_solve_traced, state.dims, *settings)
+            operands = (state.values, *state.index)
         x, flag = jax.pure_callback(
             host,
             (jax.ShapeDtypeStruct((n,), dtype), jax.ShapeDtypeStruct((), jnp.int32)),
-            state.values,
+            *operands,
             b.astype(dtype),
             # One call for a whole batch: unbatched inputs arrive with leading axes of size 1 and
             # `_host_solve` broadcasts, so a batch of right-hand sides is one multi-column solve.
@@ -302,9 +307,79 @@ def _host_solve(pattern, backend, kind, transposed, conjugated, out_dtype, value
     return x.reshape(batch + (n,)), flags.reshape(batch)
 
 
+class SparsePatternError(ValueError):
+    """A traced sparsity pattern found invalid on the host (raised inside the solve's callback)."""
+
+
+silence_callback_log(SparsePatternError)  # the error says it all; no traceback dump on stderr
+
+_PATTERNS_LOCK = threading.Lock()
+_PATTERNS: OrderedDict = OrderedDict()
+_MAX_PATTERNS = 32
+
+
+def _pattern_of(rows: np.ndarray, cols: np.ndarray, shape: tuple) -> SparsityPattern:
+    """The `SparsityPattern` of traced indices, rebuilt on the host. Patterns are kept by a digest
+    of the index bytes (the last 32), so a pattern seen before brings back its analysis: layouts,
+    orderings, symmetric structure, and the factorization cache's keys. Out-of-range indices raise
+    here, the first place a traced pattern is concrete."""
+    m, n = shape
+    key = (shape, rows.dtype.str, cols.dtype.str, digest(rows) + digest(cols))
+    with _PATTERNS_LOCK:
+        pattern = _PATTERNS.get(key)
+        if pattern is not None and np.array_equal(pattern.rows, rows) and np.array_equal(
+            pattern.cols, cols
+        ):
+            _PATTERNS.move_to_end(key)
+            return pattern
+    for name, idx, bound in (("rows", rows, m), ("cols", cols, n)):
+        if idx.size and (idx.min() < 0 or idx.max() >= bound):
+            bad = idx[(idx < 0) | (idx >= bound)][0]
+            raise SparsePatternError(
+                f"SparseCOOLinearOperator: `{name}` holds the index {int(bad)}, outside "
+                f"[0, {bound}) for shape {(m, n)}. Fix the indices or the shape."
+            )
+    pattern = SparsityPattern(rows, cols, shape)
+    with _PATTERNS_LOCK:
+        _PATTERNS[key] = pattern
+        while len(_PATTERNS) > _MAX_PATTERNS:
+            _PATTERNS.popitem(last=False)
+    return pattern
+
+
+def _host_solve_traced(
+    shape, backend, kind, transposed, conjugated, out_dtype, values, rows, cols, b
+):
+    """`_host_solve` for a traced pattern: `rows`, `cols` have shape `(*br, nnz)`, broadcasting
+    with the values' and right-hand sides' batch shapes; members are grouped by pattern."""
+    values, rows, cols, b = (np.asarray(a) for a in (values, rows, cols, b))
+    n = shape[0]
+    batch = np.broadcast_shapes(values.shape[:-1], rows.shape[:-1], cols.shape[:-1], b.shape[:-1])
+    if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
+        pattern = _pattern_of(rows.reshape(-1), cols.reshape(-1), shape)
+        return _host_solve(pattern, backend, kind, transposed, conjugated, out_dtype, values, b)
+    total = math.prod(batch)
+    x = np.empty((total, n), out_dtype)
+    flags = np.zeros((total,), np.int32)
+    nnz = values.shape[-1]
+    rflat = np.broadcast_to(rows, batch + (nnz,)).reshape(total, nnz)
+    cflat = np.broadcast_to(cols, batch + (nnz,)).reshape(total, nnz)
+    vflat = np.broadcast_to(values, batch + (nnz,)).reshape(total, nnz)
+    bflat = np.broadcast_to(b, batch + (n,)).reshape(total, n)
+    for i in range(total):
+        pattern = _pattern_of(rflat[i], cflat[i], shape)
+        xi, fi = _host_solve(
+            pattern, backend, kind, transposed, conjugated, out_dtype, vflat[i], bflat[i]
+        )
+        x[i], flags[i] = xi, fi
+    return x.reshape(batch + (n,)), flags.reshape(batch)
+
+
 def clear_cache() -> None:
     """Release every cached factorization, and the PARDISO analyses no longer in use."""
     CACHE.clear()
+    with _PATTERNS_LOCK:
+        _PATTERNS.clear()
     if _pardiso._handles:
         _pardiso.reset()
     _superlu.sync()
