@@ -56,6 +56,15 @@ values are converted with NumPy (`tree_to_flat` then returns a NumPy array), tra
 `jax.numpy`.
 
 **Tolerances.** `tolerances(dtype)` gives `rtol`/`atol` keyword arguments for `assert_allclose`.
+
+**Derivative references.** `pinv_jvp(a, b, da, db)` and `pinv_vjp(a, b, u)` give `A⁺ b` with its
+JVP, and its VJP in JAX's (unconjugated) convention, computed in NumPy from the closed-form
+derivative of the pseudoinverse.
+
+**Counting factorizations.** `compiled_custom_calls(fn, *args)` lists the custom calls (LAPACK
+routines, callbacks) of the optimised program `jax.jit(fn)` compiles to, and
+`count_compiled_calls(fn, routine, *args)` counts one routine (`LAPACK_FACTORIZATION` names them):
+the compiled program, unlike a jaxpr, includes what a solver does inside the solve primitive.
 """
 
 from __future__ import annotations
@@ -95,6 +104,40 @@ def tolerances(dtype: Any) -> dict:
 
 def is_complex(dtype: Any) -> bool:
     return np.issubdtype(np.dtype(dtype), np.complexfloating)
+
+
+# ---------------------------------------------------------------------------------------------
+# Counting factorizations in the compiled program
+
+# The solve is a JAX primitive: a jaxpr shows what `init` did (outside it) but not what `compute`
+# does inside it, so a solver that factorized again in `compute` would look fine there. The
+# compiled program has the primitive lowered and inlined, and XLA's optimisations applied (dead
+# code removed, identical computations merged): its LAPACK calls are what actually runs.
+_CUSTOM_CALL = re.compile(r"= (.*?) custom-call\(.*custom_call_target=\"(\w+)\"")
+
+# The LAPACK routine each dense factorization compiles to on the CPU (the custom-call target is
+# e.g. "lapack_dgetrf_ffi" or "lapack_zgetrf_ffi", so a substring names it for every dtype).
+LAPACK_FACTORIZATION = {
+    "lu": "getrf",
+    "cholesky": "potrf",
+    "qr": "geqrf",
+    "pivoted_qr": "geqp3",
+    "svd": "gesdd",
+}
+
+
+def compiled_custom_calls(fn: Callable, *args: Any) -> list[tuple[str, str]]:
+    """`(target, result shape)` of every custom call in the optimised program that
+    `jax.jit(fn)(*args)` compiles to, e.g.
+    `("lapack_dgetrf_ffi", "(f64[4,4]{0,1}, s32[4]{0}, s32[])")`."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    return [(m.group(2), m.group(1)) for m in map(_CUSTOM_CALL.search, text.splitlines()) if m]
+
+
+def count_compiled_calls(fn: Callable, routine: str, *args: Any) -> int:
+    """How many calls to the LAPACK `routine` (e.g. "getrf") the compiled `jax.jit(fn)(*args)`
+    makes."""
+    return sum(routine in target for target, _ in compiled_custom_calls(fn, *args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,6 +279,51 @@ def tags_for_kind(kind: Any, dtype: Any) -> frozenset:
 def random_vector(rng: np.random.Generator, n: int, dtype: Any) -> np.ndarray:
     """A random `(n,)` NumPy vector of `dtype` (complex entries if `dtype` is complex)."""
     return _normal(rng, (n,), is_complex(dtype)).astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# NumPy references for derivatives of the pseudoinverse solution
+
+
+def pinv_jvp(a, b, da, db, rcond=1e-10):
+    """`x = A⁺ b` and its derivative along (dA, db), in NumPy: the derivative of the pseudoinverse
+    of a matrix of constant rank (Golub & Pereyra 1973),
+    dA⁺ = -A⁺ dA A⁺ + A⁺ A⁺ᴴ dAᴴ (I - A A⁺) + (I - A⁺ A) dAᴴ A⁺ᴴ A⁺.
+    Singular values below `rcond` times the largest count as zero."""
+    p = np.linalg.pinv(a, rcond=rcond)
+    m, n = a.shape
+    dah = da.conj().T
+    dp = (
+        -p @ da @ p
+        + p @ p.conj().T @ dah @ (np.eye(m) - a @ p)
+        + (np.eye(n) - p @ a) @ dah @ p.conj().T @ p
+    )
+    return p @ b, dp @ b + p @ db
+
+
+def pinv_vjp(a, b, u, rcond=1e-10):
+    """The cotangents `(gA, gb)` of `x = A⁺ b` for the cotangent `u`, in JAX's convention
+    Re Σ u dx = Re Σ gA dA + Re Σ gb db (no conjugation), assembled entry by entry from
+    `pinv_jvp` along each real and imaginary unit direction (the sizes here are tiny)."""
+    units = (1, 1j) if np.iscomplexobj(a) or np.iscomplexobj(b) else (1,)
+
+    def pairing(da, db):
+        return np.real(np.sum(u * pinv_jvp(a, b, da, db, rcond)[1]))
+
+    def gradient(shape, direction):
+        g = np.zeros(shape, np.complex128 if len(units) == 2 else np.float64)
+        for idx in np.ndindex(shape):
+            e = np.zeros(shape)
+            e[idx] = 1
+            # Re(g e) = Re(u dx(e)) and Re(g i e) = -Im(g) = Re(u dx(i e)).
+            g[idx] = sum(np.conj(unit) * pairing(*direction(unit * e)) for unit in units)
+        return g
+
+    zero_a, zero_b = np.zeros_like(a), np.zeros_like(b)
+    return (
+        gradient(a.shape, lambda e: (e, zero_b)),
+        gradient(b.shape, lambda e: (zero_a, e)),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
