@@ -43,9 +43,15 @@ PROBLEMS = {
     "3D Poisson 40³": ("3d", 40),
 }
 QUICK = ["2D Poisson 300²", "3D Poisson 30³"]
-METHODS = ["linopx-superlu", "linopx-pardiso", "splu", "pypardiso", "klujax", "jax-spsolve"]
+METHODS = [
+    "linopx-superlu", "linopx-pardiso", "linopx-superlu-traced", "linopx-pardiso-traced",
+    "splu", "pypardiso", "klujax", "jax-spsolve",
+]  # fmt: skip
 # KLU and jax's spsolve (SuperLU with SciPy's default COLAMD ordering) take minutes on 10⁶ unknowns.
-SKIP = {("2D Poisson 1000²", "klujax"), ("2D Poisson 1000²", "jax-spsolve")}
+# A traced pattern (indices passed into `jit`) is measured on 2D Poisson 300² only.
+SKIP = {("2D Poisson 1000²", "klujax"), ("2D Poisson 1000²", "jax-spsolve")} | {
+    (p, f"linopx-{b}-traced") for p in PROBLEMS if p != "2D Poisson 300²" for b in ("superlu", "pardiso")
+}
 
 
 def poisson(kind: str, k: int):
@@ -121,16 +127,22 @@ def child(problem: str, method: str, repeats: int) -> dict:
         op = lx.SparseCOOLinearOperator.from_scipy(a)
         solver = lx.SparseLU(backend)
         b, w = jnp.asarray(b_np), jnp.asarray(w_np)
+        # "-traced": the indices are arguments of the jitted function (a traced pattern, as with a
+        # BCOO passed into `jit`), rebuilt and looked up by digest on the host at every call.
+        index = (jnp.asarray(op.rows), jnp.asarray(op.cols)) if method.endswith("-traced") else ()
 
-        def solve(v, b):
-            o = lx.SparseCOOLinearOperator(v, op.rows, op.cols, op.shape)
+        def solve(v, b, *index):
+            rows, cols = index if index else (op.rows, op.cols)
+            o = lx.SparseCOOLinearOperator(v, rows, cols, op.shape)
             return lx.linear_solve(o, b, solver).value
 
         # Compile ahead of time and start the factorizer on a tiny matrix, so that the baseline
         # below includes compiled code and library start-up but no solve of this problem.
-        fwd = jax.jit(solve).lower(op.values, b).compile()
-        loss = lambda v, b: jnp.dot(w, solve(v, b))
-        grad = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(op.values, b).compile()
+        fwd_c = jax.jit(solve).lower(op.values, b, *index).compile()
+        loss = lambda v, b, *index: jnp.dot(w, solve(v, b, *index))
+        grad_c = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(op.values, b, *index).compile()
+        fwd = lambda v, b: fwd_c(v, b, *index)  # noqa: E731
+        grad = lambda v, b: grad_c(v, b, *index)  # noqa: E731
         tiny = lx.SparseCOOLinearOperator(
             jnp.array([2.0, 3.0]), np.array([0, 1]), np.array([0, 1]), (2, 2)
         )
@@ -271,6 +283,17 @@ def report_rows(results: list[dict]) -> list[dict]:
             }
             case = f"{kind.upper()} Poisson, {backend}"
             out.append(row(f"{case}: forward", size, fwd, **notes))
+            traced = by.get((problem, f"linopx-{backend}-traced"), {})
+            for what in ("forward", "grad"):
+                if what in traced and what in mine:
+                    out.append(
+                        row(
+                            f"{case}: {what}, traced pattern vs concrete",
+                            size,
+                            {"linopx traced": traced[what], "linopx": mine[what]},
+                            base="linopx traced",
+                        )
+                    )
             if "grad" in mine:
                 grad = {"linopx": mine["grad"]}
                 if "grad" in by.get((problem, "klujax"), {}):
@@ -306,7 +329,12 @@ def table(results: list[dict]) -> list[dict]:
             "rel. residual": f"{r['residual']:.1e}" if "residual" in r else "",
             "note": r.get("note", ""),
         }
-        direct = {"linopx-superlu": "splu", "linopx-pardiso": "pypardiso"}.get(r["method"])
+        direct = {
+            "linopx-superlu": "splu",
+            "linopx-pardiso": "pypardiso",
+            "linopx-superlu-traced": "linopx-superlu",
+            "linopx-pardiso-traced": "linopx-pardiso",
+        }.get(r["method"])
         ref = by.get((r["problem"], direct)) if direct else None
         if ref and "forward" in ref and "forward" in r:
             row["fwd vs direct"] = f"{r['forward'] / ref['forward']:.2f}"

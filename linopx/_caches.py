@@ -11,7 +11,8 @@ from .solvers.sparse import _solver as sparse
 
 def clear_caches() -> None:
     """Release every cache linopx keeps: compiled eager solves, the primitive's traced programs and
-    eager binds, and the sparse factorizations and PARDISO analyses (`SparseLU.clear_cache()`).
+    eager binds, the sparse factorizations and PARDISO analyses (`SparseLU.clear_cache()`), and the traced
+    sparsity patterns rebuilt on the host.
 
     Every cache is already bounded (least recently used first out) and only ever saves time, never
     changes a result; call this to hand the memory back at once, e.g. between the phases of a long
@@ -27,6 +28,7 @@ def clear_caches() -> None:
     # Compiled programs can sit in reference cycles (a jitted function and the closure it
     # traced): collect them before handing the C heap back.
     gc.collect()
+    sparse.clear_patterns()
     sparse.clear_cache()
 
 

@@ -378,12 +378,17 @@ def _host_solve_traced(
 def clear_cache() -> None:
     """Release every cached factorization, and the PARDISO analyses no longer in use."""
     CACHE.clear()
-    with _PATTERNS_LOCK:
-        _PATTERNS.clear()
     if _pardiso._handles:
         _pardiso.reset()
     _superlu.sync()
     release_memory()
+
+
+def clear_patterns() -> None:
+    """Forget the traced patterns rebuilt on the host (and their layouts); `lx.clear_caches()`
+    calls this. `clear_cache()` keeps them, as a concrete pattern keeps its own analysis."""
+    with _PATTERNS_LOCK:
+        _PATTERNS.clear()
 
 
 def set_cache_limits(max_entries: int | None = None, max_bytes: int | None = None) -> None:
