@@ -19,7 +19,7 @@ from ..._compat import silence_callback_log
 from ..._solution import RESULTS
 from ...linops.composite import TaggedLinearOperator
 from ...linops.functions import is_positive_semidefinite, is_symmetric
-from ...linops.sparse import SparseCOOLinearOperator, SparsityPattern
+from ...linops.sparse import SparseCOOLinearOperator, SparsityPattern, check_index_range
 from ..base import AbstractLinearSolver
 from . import _cudss, _pardiso, _superlu
 from ._cache import CACHE, digest
@@ -323,7 +323,6 @@ def _pattern_of(rows: np.ndarray, cols: np.ndarray, shape: tuple) -> SparsityPat
     of the index bytes (the last 32), so a pattern seen before brings back its analysis: layouts,
     orderings, symmetric structure, and the factorization cache's keys. Out-of-range indices raise
     here, the first place a traced pattern is concrete."""
-    m, n = shape
     key = (shape, rows.dtype.str, cols.dtype.str, digest(rows) + digest(cols))
     with _PATTERNS_LOCK:
         pattern = _PATTERNS.get(key)
@@ -332,13 +331,7 @@ def _pattern_of(rows: np.ndarray, cols: np.ndarray, shape: tuple) -> SparsityPat
         ):
             _PATTERNS.move_to_end(key)
             return pattern
-    for name, idx, bound in (("rows", rows, m), ("cols", cols, n)):
-        if idx.size and (idx.min() < 0 or idx.max() >= bound):
-            bad = idx[(idx < 0) | (idx >= bound)][0]
-            raise SparsePatternError(
-                f"SparseCOOLinearOperator: `{name}` holds the index {int(bad)}, outside "
-                f"[0, {bound}) for shape {(m, n)}. Fix the indices or the shape."
-            )
+    check_index_range(rows, cols, shape, SparsePatternError)
     pattern = SparsityPattern(rows, cols, shape)
     with _PATTERNS_LOCK:
         _PATTERNS[key] = pattern
