@@ -3,11 +3,15 @@
     python -m benchmarks                      # every suite, full sizes
     python -m benchmarks --quick              # small sizes, a smoke test of the whole pipeline
     python -m benchmarks --suites dense,sparse --out benchmarks/results
+    python -m benchmarks --suites soak --out /tmp/soak   # the memory soak alone (about 10 min)
 
 Writes `results.json` (raw medians in seconds, the machine, versions), `results.md` (the tables)
 and PNG plots (`<suite>-<case>.png`: time against size, log-log, linopx and each alternative;
-`ratios.png`: linopx / alternative for every case) into `--out`. Alternatives that are not
-installed are skipped with a note in the report.
+`ratios.png`: linopx / alternative for every case; `soak-memory.png`: resident memory against
+call count) into `--out`. A run of some suites overwrites `results.json` and `results.md` there
+with a report of those suites only. Alternatives that are not installed are skipped with a note in
+the report. A suite module may add `report_notes(rows)` (Markdown lines under its table) and
+`plot(rows, out, plt)` (its own figures).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SUITES = ("dense", "iterative", "sparse")
+SUITES = ("dense", "iterative", "sparse", "soak")
 
 
 def machine() -> dict:
@@ -112,6 +116,9 @@ def plot(results: dict, out: str) -> list[str]:
         return []
     written = []
     for suite, rows in results["suites"].items():
+        own = getattr(importlib.import_module(f"benchmarks.{suite}"), "plot", None)
+        if own is not None:
+            written += own(rows, out, plt)
         by_case: dict[str, list[dict]] = {}
         for r in rows:
             by_case.setdefault(r["case"], []).append(r)
@@ -185,6 +192,9 @@ def markdown(results: dict) -> str:
         lines += [f"## {suite}", ""]
         lines += table_lines(rows) if rows else ["(no results)"]
         lines.append("")
+        notes = getattr(importlib.import_module(f"benchmarks.{suite}"), "report_notes", None)
+        if notes is not None and rows:
+            lines += notes(rows)
     for suite, err in results["errors"].items():
         lines += [f"## {suite}: failed", "", "```", err.strip(), "```", ""]
     return "\n".join(lines)
