@@ -8,6 +8,7 @@ sol = lx.linear_solve(lx.MatrixLinearOperator(A), b)      # A⁺ b, differentiab
 
 import importlib.metadata
 
+from . import internal as internal
 from ._caches import cache_info as cache_info, clear_caches as clear_caches
 from ._solution import (
     RESULTS as RESULTS,
@@ -30,6 +31,7 @@ from .linops import (
     PyTreeLinearOperator as PyTreeLinearOperator,
     SparseCOOLinearOperator as SparseCOOLinearOperator,
     TaggedLinearOperator as TaggedLinearOperator,
+    TangentLinearOperator as TangentLinearOperator,
     TridiagonalLinearOperator as TridiagonalLinearOperator,
     conj as conj,
     diagonal as diagonal,
@@ -49,6 +51,7 @@ from .linops import (
     positive_semidefinite_tag as positive_semidefinite_tag,
     symmetric_tag as symmetric_tag,
     transpose_tags as transpose_tags,
+    transpose_tags_rules as transpose_tags_rules,
     tridiagonal as tridiagonal,
     tridiagonal_tag as tridiagonal_tag,
     unit_diagonal_tag as unit_diagonal_tag,
@@ -67,6 +70,7 @@ from .solvers import (
     LU as LU,
     MINRES as MINRES,
     Normal as Normal,
+    NormalCG as NormalCG,
     PivotedQR as PivotedQR,
     QR as QR,
     SVD as SVD,

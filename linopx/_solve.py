@@ -7,15 +7,17 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import PyTree
 
 from . import _tree
 from ._lru import LRUCache
-from ._solution import Solution
+from ._solution import RESULTS, Solution
 from .autodiff._checks import classify, raise_if_failed, run_eagerly
 from .autodiff.primitive import bind_solve
 from .linops.base import AbstractLinearOperator
 from .solvers._damped import is_damped, undamp
+from .solvers._misc import widen_structure
 from .solvers.auto import AutoLinearSolver
 from .solvers.base import AbstractLinearSolver
 
@@ -42,6 +44,13 @@ def _prepare_vector(operator: AbstractLinearOperator, vector: Any) -> Any:
     """Check the vector against the operator's output structure and promote its dtypes."""
     out_structure = operator.out_structure()
     leaves, treedef = jax.tree_util.tree_flatten(vector)
+    for x in leaves:
+        dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+            raise TypeError(
+                "The vector must be a pytree of numeric arrays with the operator's output "
+                f"structure {_tree.describe(out_structure)}; it holds {type(x).__name__} {x!r:.40}."
+            )
     out_leaves, out_treedef = jax.tree_util.tree_flatten(out_structure)
     shapes = [tuple(jnp.shape(x)) for x in leaves]
     if treedef != out_treedef or shapes != [tuple(s.shape) for s in out_leaves]:
@@ -70,6 +79,83 @@ def _check_options(options: Any) -> dict:
             f"Unknown options {sorted(unknown)}; linear_solve understands {sorted(_KNOWN_OPTIONS)}."
         )
     return dict(options)
+
+
+# The dtypes linopx solves in (API.md); LAPACK has no half-precision factorizations.
+_SOLVE_DTYPES = frozenset(map(jnp.dtype, ("float32", "float64", "complex64", "complex128")))
+
+
+def _check_solver(solver: Any) -> None:
+    if not isinstance(solver, AbstractLinearSolver):
+        raise TypeError(
+            f"`solver` must be a linopx solver such as `lx.LU()`, got {type(solver).__name__}."
+        )
+
+
+def _check_dtypes(operator: AbstractLinearOperator) -> None:
+    """Reject operators in a dtype no solver handles (float16, bfloat16), naming the cast."""
+    for side, structure in (("input", operator.in_structure()), ("output", operator.out_structure())):
+        for leaf in jax.tree_util.tree_leaves(structure):
+            if jnp.dtype(leaf.dtype) not in _SOLVE_DTYPES:
+                raise TypeError(
+                    f"linopx solves in float32, float64, complex64 or complex128, but the "
+                    f"operator's {side} is {_tree.describe(structure)}. Cast the operator's "
+                    "arrays (e.g. `matrix.astype(jnp.float32)`) or its structure to one of those."
+                )
+
+
+def _is_inexact(x: Any) -> bool:
+    """A floating or complex array, or a Python float or complex (e.g. the `x` of `A * x`)."""
+    return eqx.is_inexact_array(x) or (isinstance(x, (float, complex)) and not isinstance(x, bool))
+
+
+def _is_empty(operator: AbstractLinearOperator) -> bool:
+    return operator.in_size() == 0 or operator.out_size() == 0
+
+
+def _empty_solve(operator, vector, solver, options) -> Solution:
+    """`A⁺ b` for an operator with no rows or no columns: the zero vector of its input structure
+    (nothing to solve, or nothing to solve for). No factorization is run: LAPACK does not survive
+    every empty input (`ormqr` on a 3 x 0 matrix raises SIGFPE). The solver still checks at trace
+    time that it accepts the operator (square, tags), abstractly."""
+    eqx.filter_eval_shape(solver.init, operator, options)
+    # The dtypes a nonempty solve would give (`widen_structure`).
+    vdtype = _tree.structure_dtype(_tree.structure_of(vector))
+    structure = widen_structure(operator.in_structure(), operator.out_structure(), vdtype)
+    value = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), structure)
+    return Solution(value=value, result=RESULTS.successful, stats={}, state=None)
+
+
+def _check_state(solver, operator, options, state) -> None:
+    """A `state` passed in must be what `solver.init` makes (a state of another solver fails
+    inside `compute` with an attribute error otherwise)."""
+    expected = eqx.filter_eval_shape(solver.init, operator, options)
+    if type(state) is not type(expected):
+        raise ValueError(
+            f"`state` is a {type(state).__name__}, but {type(solver).__name__}.init makes a "
+            f"{type(expected).__name__}: pass the state of `solver.init(operator, options)` for "
+            "this solver and operator (or `state=None`)."
+        )
+
+
+def _check_value(operator, vector, value) -> None:
+    """The solution must have the operator's input structure (and be real for a real problem); a
+    mismatch means a `state` made for another operator (or a solver that does not keep to the
+    interface)."""
+    expected = operator.in_structure()
+    real_problem = not (
+        _tree.is_complex_structure(expected)
+        or _tree.is_complex_structure(operator.out_structure())
+        or _tree.is_complex_structure(_tree.structure_of(vector))
+    )
+    if not _tree.same_shapes(_tree.structure_of(value), expected) or (
+        real_problem and _tree.is_complex_structure(_tree.structure_of(value))
+    ):
+        raise ValueError(
+            f"The solver returned {_tree.describe(_tree.structure_of(value))}, but the operator's "
+            f"input is {_tree.describe(expected)}. If you passed `state`, it was made for another "
+            "operator: pass the state of `solver.init(operator, options)` for this operator."
+        )
 
 
 def linear_solve(
@@ -105,16 +191,21 @@ def linear_solve(
 
     **Returns:** a `lx.Solution` with `value`, `result`, `stats` and `state`.
 
+    The operator must be in float32, float64, complex64 or complex128 (float16 and bfloat16 raise
+    a `TypeError` naming the cast); an integer or boolean `vector` is cast to JAX's default float
+    dtype. An operator with no rows or no columns gives `A⁺ b = 0` (nothing is factorized; `stats`
+    is empty and `state` is None).
+
     ```python
     A = lx.MatrixLinearOperator(jnp.array([[3.0, 1.0], [1.0, 2.0]]))
     x = lx.linear_solve(A, jnp.array([9.0, 8.0])).value     # [2., 3.]
     ```
     """
     _check_operator(operator)
-    if not isinstance(solver, AbstractLinearSolver):
-        raise TypeError(
-            f"`solver` must be a linopx solver such as `lx.LU()`, got {type(solver).__name__}."
-        )
+    _check_solver(solver)
+    if not isinstance(throw, (bool, np.bool_)):
+        raise TypeError(f"`throw` must be True or False, got {throw!r}.")
+    throw = bool(throw)
     args = (operator, vector, solver, options, state, throw)
     leaves, treedef = jax.tree_util.tree_flatten(args)
     if not any(isinstance(x, jax.core.Tracer) for x in leaves):
@@ -170,6 +261,9 @@ def _eager_linear_solve(leaves: list, treedef: Any, throw: bool) -> Solution:
 
 def _linear_solve(operator, vector, solver, options, state, throw) -> Solution:
     vector = _prepare_vector(operator, vector)
+    _check_dtypes(operator)
+    if _is_empty(operator):
+        return _empty_solve(operator, vector, solver, _check_options(options))
     if is_damped(solver):
         # Damped LSQR/LSMR minimise |Ax - b|² + damp²|x|², whose solution is not A⁺b. Solve the
         # equivalent undamped least-squares problem for [A; damp I] and (b, 0) instead, so that the
@@ -181,11 +275,15 @@ def _linear_solve(operator, vector, solver, options, state, throw) -> Solution:
     if state is None:
         state = solver.init(_stop_gradient(operator), options)
     else:
+        _check_state(solver, operator, options, state)
         state = _stop_gradient(state)
     value, result, solver_result, stats = bind_solve(
         operator, state, vector, options, solver, throw, check=False
     )
-    operator_leaves = jax.tree_util.tree_leaves(eqx.filter(operator, eqx.is_array))
+    _check_value(operator, vector, value)
+    # What a failed solve is blamed on: the operator's values (Python float scalars of `A * x`
+    # included) and the options' (a NaN `y0` or preconditioner is a non-finite input too).
+    operator_leaves = jax.tree_util.tree_leaves(eqx.filter((operator, options), _is_inexact))
     vector_leaves = jax.tree_util.tree_leaves(vector)
     if throw:
         # Raises (on the host, with the diagnosis) if the solve failed; a returned solve succeeded.
@@ -218,6 +316,8 @@ class _InverseLinearOperator(AbstractLinearOperator):
         return matrix_from_mv(self.mv, self.in_structure(), self.out_structure())
 
     def transpose(self):
+        if self.state is None:  # an empty operator: nothing was factorized
+            return _InverseLinearOperator(self.operator.transpose(), self.solver, None, self.options)
         state, options = self.solver.transpose(self.state, self.options)
         return _InverseLinearOperator(self.operator.transpose(), self.solver, state, options)
 
@@ -244,7 +344,13 @@ def invert(
     ```
     """
     _check_operator(operator)
+    _check_solver(solver)
+    _check_dtypes(operator)
     options = _check_options(options)
+    if _is_empty(operator):
+        # Nothing to factorize (see `_empty_solve`); each `mv` returns zeros.
+        eqx.filter_eval_shape(solver.init, operator, options)
+        return _InverseLinearOperator(operator, solver, None, options)
     state = solver.init(_stop_gradient(operator), _stop_gradient(options))
     return _InverseLinearOperator(operator, solver, state, options)
 
@@ -279,6 +385,8 @@ def _register_inverse() -> None:
 
     @F.conj.register(_InverseLinearOperator)
     def _(op):
+        if op.state is None:  # an empty operator: nothing was factorized
+            return _InverseLinearOperator(F.conj(op.operator), op.solver, None, op.options)
         state, options = op.solver.conj(op.state, op.options)
         return _InverseLinearOperator(F.conj(op.operator), op.solver, state, options)
 

@@ -72,6 +72,8 @@ def ravel(tree: Any, dtype=None) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     if dtype is None:
         dtype = common_dtype(*leaves) if leaves else jnp.result_type(float)
+    if not leaves:  # an empty structure (e.g. `None`) is a vector of size 0
+        return jnp.zeros((0,), dtype)
     if len(leaves) == 1:
         return jnp.reshape(leaves[0], (-1,)).astype(dtype)
     return jnp.concatenate([jnp.reshape(x, (-1,)).astype(dtype) for x in leaves])
@@ -146,8 +148,15 @@ def default_float_dtype():
 
 
 def as_inexact_array(x: Any, name: str) -> jax.Array:
-    """Convert to a JAX array; integer and boolean arrays become JAX's default float dtype."""
-    if isinstance(x, np.ndarray) or not isinstance(x, jax.Array):
+    """Convert to a JAX array; integer and boolean arrays become JAX's default float dtype.
+    Anything that is not numeric (strings, `None`, objects) raises a `TypeError` naming `name`."""
+    if not isinstance(x, jax.Array):
+        dtype = x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+            raise TypeError(
+                f"`{name}` must be numeric (float, complex, integer or bool), got "
+                f"{type(x).__name__} {x!r:.60}; pass e.g. `jnp.asarray(..., dtype=jnp.float64)`."
+            )
         x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         x = x.astype(default_float_dtype())

@@ -29,7 +29,6 @@ from helpers import (
     make_matrix,
     random_vector,
     tags_for_kind,
-    tolerances,
 )
 
 import linopx as lx

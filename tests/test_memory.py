@@ -12,7 +12,6 @@ import textwrap
 
 import pytest
 
-import linopx as lx
 from linopx.solvers.sparse import _pardiso
 
 pytestmark = pytest.mark.skipif(

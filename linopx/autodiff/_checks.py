@@ -54,7 +54,9 @@ def run_eagerly(fn, *args):
     as a clean `LinearSolveError` without JAX's wrapping."""
     try:
         return jax.block_until_ready(fn(*args))
-    except jax.errors.JaxRuntimeError as err:
+    except (jax.errors.JaxRuntimeError, ValueError) as err:
+        # JAX wraps an exception raised in a callback as its runtime error, or (on some eager
+        # paths, e.g. `jax.jacrev`) as a `ValueError` with the same text.
         clean = clean_failure(err)
         if clean is None:
             raise

@@ -282,6 +282,45 @@ def _instantiate_zeros(tangent, structure):
     )
 
 
+def _apply(fn, v, structure):
+    """`fn(v)` for a linear `fn` that accepts vectors of `structure`, where `v` may be wider
+    (float64 for a float32 operator, complex for a real one, as a solution of a mixed-dtype solve
+    is): `v` is cast to the structure's dtypes, and a complex `v` for a real structure is applied
+    to its real and imaginary parts separately (under strict dtype promotion a real operator
+    cannot take a complex vector). The product is in the operator's precision, as every product
+    with it is."""
+
+    def cast(tree):
+        return jax.tree_util.tree_map(lambda x, s: x.astype(s.dtype), tree, structure)
+
+    if not _tree.is_complex_structure(structure) and _tree.is_complex_structure(
+        _tree.structure_of(v)
+    ):
+        re = fn(cast(jax.tree_util.tree_map(jnp.real, v)))
+        im = fn(cast(jax.tree_util.tree_map(jnp.imag, v)))
+        return jax.tree_util.tree_map(jax.lax.complex, re, im)
+    return fn(cast(v))
+
+
+def _promote(*trees):
+    """`trees` (pytrees of one structure) cast leaf by leaf to their common dtype, so that they
+    can be added under strict dtype promotion."""
+    leaves = [jax.tree_util.tree_leaves(t) for t in trees]
+    dtypes = [_tree.common_dtype(*group) for group in zip(*leaves)]
+    return [
+        jax.tree_util.tree_map(
+            lambda x, d: x.astype(d),
+            t,
+            jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(t), dtypes),
+        )
+        for t in trees
+    ]
+
+
+def _sum(*trees):
+    return functools.reduce(_tree.tree_add, _promote(*trees))
+
+
 def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
     """Tangent of `x = A⁺ b` for one (unbatched) solve.
 
@@ -293,26 +332,37 @@ def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
     only if `A` may have dependent rows (b outside the range of A); the `z` terms only if `A` may have
     dependent columns (a null space). Which applies is decided at trace time from the solver's
     `allow_dependent_rows/columns`. `A'` is applied as a JVP of `mv`, never materialised.
+
+    Products with `A` and `A'` go through `_apply`, since `x` (and so every vector here) may be
+    wider than the operator in a mixed-dtype solve; sums are promoted explicitly.
     """
     terms = []
     z = None
-    complex_ = _tree.is_complex_structure(operator.in_structure()) or _tree.is_complex_structure(
-        operator.out_structure()
-    )
+    in_structure, out_structure = operator.in_structure(), operator.out_structure()
+    complex_ = _tree.is_complex_structure(in_structure) or _tree.is_complex_structure(out_structure)
     if vec_t is not None:
         terms.append(vec_t)
     if op_t is not None:
 
         def a_dot(v):
-            out = eqx.filter_jvp(lambda o: o.mv(v), (operator,), (op_t,))[1]
-            return _instantiate_zeros(out, operator.out_structure())
+            def fn(u):
+                out = eqx.filter_jvp(lambda o: o.mv(u), (operator,), (op_t,))[1]
+                return _instantiate_zeros(out, out_structure)
+
+            return _apply(fn, v, in_structure)
 
         def a_dot_h(w):
             # A'ᴴ w = conj(A'ᵀ conj(w)); (A')ᵀ = (Aᵀ)' as the transpose is linear.
+            def fn(u):
+                out = eqx.filter_jvp(lambda o: o.transpose().mv(u), (operator,), (op_t,))[1]
+                return _instantiate_zeros(out, in_structure)
+
             w = _tree.tree_conj(w) if complex_ else w
-            out = eqx.filter_jvp(lambda o: o.transpose().mv(w), (operator,), (op_t,))[1]
-            out = _instantiate_zeros(out, operator.in_structure())
+            out = _apply(fn, w, out_structure)
             return _tree.tree_conj(out) if complex_ else out
+
+        def a_mv(v):
+            return _apply(operator.mv, v, in_structure)
 
         terms.append(_tree.tree_neg(a_dot(x)))
         rows = solver.allow_dependent_rows(operator)
@@ -328,18 +378,18 @@ def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
                 return _solve_value(operator_h, state_h, w, options_h, solver, throw)
 
             if rows:
-                residual = _tree.tree_sub(vector, operator.mv(x))
+                residual = _sum(vector, _tree.tree_neg(a_mv(x)))
                 terms.append(solve_h(a_dot_h(residual)))
             if cols:
                 z = a_dot_h(solve_h(x))
-                terms.append(_tree.tree_neg(operator.mv(z)))
-    rhs = functools.reduce(_tree.tree_add, terms)
+                terms.append(_tree.tree_neg(a_mv(z)))
+    rhs = _sum(*terms)
     rhs = jax.tree_util.tree_map(
-        lambda r, s: r.astype(_tree.common_dtype(r.dtype, s.dtype)), rhs, operator.out_structure()
+        lambda r, s: r.astype(_tree.common_dtype(r.dtype, s.dtype)), rhs, out_structure
     )
     out = _solve_value(operator, state, rhs, options, solver, throw)
     if z is not None:
-        out = _tree.tree_add(out, z)
+        out = _sum(out, z)
     return out
 
 

@@ -36,6 +36,7 @@ from .functions import (
 from .matrix import MatrixLinearOperator as MatrixLinearOperator
 from .pytree import PyTreeLinearOperator as PyTreeLinearOperator
 from .sparse import SparseCOOLinearOperator as SparseCOOLinearOperator
+from .tangent import TangentLinearOperator as TangentLinearOperator
 from .tags import (
     diagonal_tag as diagonal_tag,
     lower_triangular_tag as lower_triangular_tag,
@@ -43,6 +44,7 @@ from .tags import (
     positive_semidefinite_tag as positive_semidefinite_tag,
     symmetric_tag as symmetric_tag,
     transpose_tags as transpose_tags,
+    transpose_tags_rules as transpose_tags_rules,
     tridiagonal_tag as tridiagonal_tag,
     unit_diagonal_tag as unit_diagonal_tag,
     upper_triangular_tag as upper_triangular_tag,

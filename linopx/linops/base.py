@@ -127,7 +127,7 @@ class AbstractLinearOperator(eqx.Module):
 def check_scalar(value: Any, verb: str) -> Any:
     """Accept a Python number or a 0-d array as a scalar factor; raise otherwise."""
     if isinstance(value, bool):
-        raise TypeError(f"Cannot {verb} an operator by a boolean.")
+        raise TypeError(f"Cannot {verb} an operator by a boolean; pass a number such as `1.0`.")
     if isinstance(value, numbers.Number):
         return value
     if isinstance(value, (jax.Array,)) or hasattr(value, "shape"):
@@ -138,7 +138,9 @@ def check_scalar(value: Any, verb: str) -> Any:
             )
         value = jnp.asarray(value)
         if value.dtype == jnp.bool_:
-            raise TypeError(f"Cannot {verb} an operator by a boolean.")
+            raise TypeError(
+                f"Cannot {verb} an operator by a boolean; pass a number such as `1.0`."
+            )
         return value
     raise TypeError(f"Cannot {verb} an operator by {type(value).__name__}; pass a scalar.")
 

@@ -98,7 +98,8 @@ class AddLinearOperator(AbstractLinearOperator):
             raise ValueError(
                 "Cannot add operators with different structures: "
                 f"{_tree.describe(a.in_structure())} -> {_tree.describe(a.out_structure())} and "
-                f"{_tree.describe(b.in_structure())} -> {_tree.describe(b.out_structure())}."
+                f"{_tree.describe(b.in_structure())} -> {_tree.describe(b.out_structure())}; both "
+                "must map the same input structure to the same output structure."
             )
 
     def mv(self, vector):
@@ -163,7 +164,10 @@ class DivLinearOperator(AbstractLinearOperator):
         self.operator = operator
         self.scalar = check_scalar(scalar, "divide")
         if isinstance(self.scalar, numbers.Number) and self.scalar == 0:
-            raise ValueError("Cannot divide an operator by zero.")
+            raise ValueError(
+                "Cannot divide an operator by zero; pass a nonzero scalar (`0 * A` is the zero "
+                "operator)."
+            )
         self.sign = _scalar_sign(self.scalar)
 
     def mv(self, vector):
@@ -223,7 +227,7 @@ class ComposedLinearOperator(AbstractLinearOperator):
             raise ValueError(
                 "Cannot compose `A @ B`: A's input is "
                 f"{_tree.describe(a.in_structure())} but B's output is "
-                f"{_tree.describe(b.out_structure())}."
+                f"{_tree.describe(b.out_structure())}; B's output must match A's input."
             )
 
     def mv(self, vector):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import equinox as eqx
@@ -56,6 +57,9 @@ class TridiagonalLinearOperator(AbstractLinearOperator):
     - `diagonal`: shape `(n,)`, the main diagonal `A[i, i]`.
     - `lower_diagonal`: shape `(n - 1,)`, the subdiagonal `A[i + 1, i]`.
     - `upper_diagonal`: shape `(n - 1,)`, the superdiagonal `A[i, i + 1]`.
+
+    Integer or boolean bands are cast to JAX's default float dtype, and the three bands are
+    promoted to one common dtype.
     """
 
     diagonal: Inexact[Array, " n"]
@@ -67,14 +71,19 @@ class TridiagonalLinearOperator(AbstractLinearOperator):
         lo = _tree.as_inexact_array(lower_diagonal, "lower_diagonal")
         up = _tree.as_inexact_array(upper_diagonal, "upper_diagonal")
         if d.ndim != 1 or lo.ndim != 1 or up.ndim != 1:
-            raise ValueError("TridiagonalLinearOperator needs three 1-D arrays.")
+            raise ValueError(
+                "TridiagonalLinearOperator needs three 1-D arrays, got shapes "
+                f"{d.shape}, {lo.shape} and {up.shape}."
+            )
         n = d.shape[0]
-        if n < 1 or lo.shape[0] != n - 1 or up.shape[0] != n - 1:
+        # n = 0 is the empty operator (both off-diagonals empty too), as for the other operators.
+        if lo.shape[0] != max(n - 1, 0) or up.shape[0] != max(n - 1, 0):
             raise ValueError(
                 f"TridiagonalLinearOperator: a diagonal of length {n} needs lower and upper diagonals "
                 f"of length {max(n - 1, 0)}, got {lo.shape[0]} and {up.shape[0]}."
             )
-        dtype = jnp.result_type(d, lo, up)
+        # An explicit conversion to one dtype, independent of `jax_numpy_dtype_promotion`.
+        dtype = _tree.common_dtype(d, lo, up)
         self.diagonal = d.astype(dtype)
         self.lower_diagonal = lo.astype(dtype)
         self.upper_diagonal = up.astype(dtype)
@@ -109,6 +118,8 @@ class IdentityLinearOperator(AbstractLinearOperator):
     **Arguments:**
 
     - `input_structure`: a pytree of `jax.ShapeDtypeStruct` (or of arrays, whose shapes and dtypes are used).
+      Integer or boolean leaves are taken as JAX's default float dtype, as integer data is
+      elsewhere (the identity acts on floating or complex vectors).
     - `output_structure`: defaults to `input_structure`.
     """
 
@@ -118,8 +129,8 @@ class IdentityLinearOperator(AbstractLinearOperator):
     def __init__(self, input_structure: Any, output_structure: Any = None):
         if output_structure is None:
             output_structure = input_structure
-        self.input_frozen = _tree.freeze_structure(input_structure)
-        self.output_frozen = _tree.freeze_structure(output_structure)
+        self.input_frozen = _inexact_structure(input_structure, "input_structure")
+        self.output_frozen = _inexact_structure(output_structure, "output_structure")
 
     def mv(self, vector):
         if self.input_frozen == self.output_frozen:
@@ -131,11 +142,26 @@ class IdentityLinearOperator(AbstractLinearOperator):
             flat = flat[:n_out]
         else:
             flat = jnp.concatenate([flat, jnp.zeros(n_out - flat.shape[0], flat.dtype)])
-        flat = flat.astype(_tree.structure_dtype(out_structure))
-        return _tree.unravel(flat, out_structure)
+        # A vector of the input's dtypes comes out with exactly the output's dtypes (a complex
+        # entry landing in a real output leaf keeps its real part, as in Lineax: the structures
+        # say that leaf is real). A vector wider than the input structure (complex for a real
+        # identity, float64 for a float32 one) widens the output leaves instead of losing it.
+        in_dtype = _tree.structure_dtype(self.in_structure())
+        wider = _tree.common_dtype(in_dtype, flat.dtype) != in_dtype
+        leaves, treedef = jax.tree_util.tree_flatten(out_structure)
+        out, start = [], 0
+        for leaf in leaves:
+            size = math.prod(leaf.shape)
+            piece = flat[start : start + size].reshape(leaf.shape)
+            start += size
+            dtype = _tree.common_dtype(leaf.dtype, flat.dtype) if wider else jnp.dtype(leaf.dtype)
+            if jnp.iscomplexobj(piece) and not jnp.issubdtype(dtype, jnp.complexfloating):
+                piece = jnp.real(piece)
+            out.append(piece.astype(dtype))
+        return jax.tree_util.tree_unflatten(treedef, out)
 
     def as_matrix(self):
-        dtype = jnp.result_type(
+        dtype = _tree.common_dtype(
             _tree.structure_dtype(self.in_structure()), _tree.structure_dtype(self.out_structure())
         )
         return jnp.eye(self.out_size(), self.in_size(), dtype=dtype)
@@ -152,3 +178,29 @@ class IdentityLinearOperator(AbstractLinearOperator):
     @property
     def tags(self) -> frozenset:
         return frozenset()
+
+
+def _inexact_structure(structure: Any, name: str) -> tuple:
+    """`freeze_structure`, with integer and boolean leaves taken as the default float dtype, and a
+    clear error for leaves that are not arrays or `jax.ShapeDtypeStruct`s."""
+    leaves, treedef = jax.tree_util.tree_flatten(structure)
+    out = []
+    for leaf in leaves:
+        if not isinstance(leaf, jax.ShapeDtypeStruct):
+            if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+                raise TypeError(
+                    f"IdentityLinearOperator: `{name}` must be a pytree of `jax.ShapeDtypeStruct` "
+                    f"(or of arrays), got a leaf {leaf!r:.60} of type {type(leaf).__name__}; pass "
+                    "e.g. `jax.ShapeDtypeStruct((n,), jnp.float64)`, not a shape."
+                )
+            leaf = jax.ShapeDtypeStruct(tuple(leaf.shape), leaf.dtype)
+        dtype = jnp.dtype(leaf.dtype)
+        if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
+            raise TypeError(
+                f"IdentityLinearOperator: `{name}` has a leaf of dtype {dtype}; pass floating or "
+                "complex `jax.ShapeDtypeStruct`s."
+            )
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            dtype = _tree.default_float_dtype()
+        out.append(jax.ShapeDtypeStruct(tuple(leaf.shape), dtype))
+    return tuple(out), treedef

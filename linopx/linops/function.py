@@ -26,6 +26,18 @@ def matrix_from_mv(mv: Callable, in_structure: Any, out_structure: Any) -> jax.A
     return jax.vmap(column, out_axes=1)(basis)
 
 
+def _check_inexact_output(frozen: tuple, name: str, what: str) -> None:
+    """Raise if a linear map's output has an integer or boolean leaf: such a map is not linear (and
+    has no derivative to apply), so it is a mistake, not something to cast."""
+    for leaf in frozen[0]:
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            raise ValueError(
+                f"{name}: {what} returns a leaf of dtype {leaf.dtype} (shape {leaf.shape}); a linear "
+                "map returns floating or complex arrays. Return e.g. `y.astype(jnp.float64)`, or "
+                "drop the rounding/comparison that made the output an integer."
+            )
+
+
 class FunctionLinearOperator(AbstractLinearOperator):
     """A linear function `fn` as an operator. Nothing is materialised unless `as_matrix` is called.
 
@@ -33,7 +45,10 @@ class FunctionLinearOperator(AbstractLinearOperator):
 
     - `fn`: a linear function of one pytree argument. Arrays it closes over (including JAX tracers)
       become leaves of the operator, so it can be created inside `jit`/`grad` and passed around.
-    - `input_structure`: a pytree of `jax.ShapeDtypeStruct` describing `fn`'s input.
+    - `input_structure`: a pytree of `jax.ShapeDtypeStruct` describing `fn`'s input. Its dtypes
+      must be floating or complex (an integer or boolean dtype raises `ValueError`: unlike integer
+      *data*, which is cast, a structure's dtype is what `fn` is traced with), and so must be those
+      of `fn`'s output.
     - `tags`: structural promises.
 
     ```python
@@ -54,11 +69,18 @@ class FunctionLinearOperator(AbstractLinearOperator):
             if not jnp.issubdtype(leaf.dtype, jnp.inexact):
                 raise ValueError(
                     f"FunctionLinearOperator: input dtype {leaf.dtype} is not floating or complex; "
-                    "linear operators act on inexact vectors."
+                    "linear operators act on inexact vectors. Pass `input_structure` as a pytree of "
+                    "`jax.ShapeDtypeStruct(shape, jnp.float64)` (or another float or complex dtype)."
                 )
+        if not callable(fn):
+            raise TypeError(
+                f"FunctionLinearOperator needs a function as `fn`, got {type(fn).__name__}; for a "
+                "matrix use `lx.MatrixLinearOperator`."
+            )
         self.fn = eqx.filter_closure_convert(fn, input_structure)
         self.input_frozen = input_frozen
         self.output_frozen = _tree.freeze_structure(jax.eval_shape(self.fn, input_structure))
+        _check_inexact_output(self.output_frozen, "FunctionLinearOperator", "`fn`")
         self.tags = check_tags(
             tags, input_structure, self.out_structure(), "FunctionLinearOperator"
         )
@@ -91,7 +113,8 @@ class JacobianLinearOperator(AbstractLinearOperator):
     **Arguments:**
 
     - `fn`: a function `(x, args) -> y` of pytrees.
-    - `x`: the point at which to linearise.
+    - `x`: the point at which to linearise. Integer or boolean leaves are cast to JAX's default
+      float dtype. `fn`'s output must be floating or complex.
     - `args`: extra, non-differentiated arguments of `fn`.
     - `tags`: structural promises.
     - `jac`: `None` or `"fwd"` applies the Jacobian by forward mode (`jax.jvp`); `"bwd"` by
@@ -120,6 +143,9 @@ class JacobianLinearOperator(AbstractLinearOperator):
         self.args = args
         self.jac = jac
         out = jax.eval_shape(lambda x: self.fn(x, args), x)
+        _check_inexact_output(
+            _tree.freeze_structure(out), "JacobianLinearOperator", "`fn(x, args)`"
+        )
         self.tags = check_tags(tags, _tree.structure_of(x), out, "JacobianLinearOperator")
 
     def _f(self, x):

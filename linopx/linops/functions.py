@@ -78,7 +78,16 @@ def _is_real(operator: AbstractLinearOperator) -> bool:
 
 
 def _identity_square(operator: Any) -> bool:
-    return isinstance(operator, IdentityLinearOperator) and operator.input_frozen == operator.output_frozen
+    return isinstance(operator, IdentityLinearOperator) and (
+        operator.input_frozen == operator.output_frozen or _one_by_one(operator)
+    )
+
+
+def _one_by_one(operator: AbstractLinearOperator) -> bool:
+    """A 1 x 1 operator (one scalar in, one scalar out, whatever the structures' shapes): it is
+    diagonal, hence tridiagonal, whatever its tags, as Lineax says too. (Symmetry and
+    triangularity stay tag-driven, as in Lineax.)"""
+    return operator.in_size() == 1 and operator.out_size() == 1
 
 
 def _tagged_inner(operator: Any) -> AbstractLinearOperator | None:
@@ -155,10 +164,13 @@ def _tag_rule_symmetric(op):
     return inner is not None and is_symmetric(inner)
 
 
-def _simple_tag_rule(tag, pred_name, implied_by=()):
+def _simple_tag_rule(tag, pred_name, implied_by=(), one_by_one=False):
+    """`pred_name` holds if `op` carries `tag` or one of `implied_by`, or (with `one_by_one`) if it
+    is 1 x 1, or if it wraps an operator for which it holds."""
+
     def rule(op):
         t = _tags(op)
-        if tag in t or any(x in t for x in implied_by):
+        if tag in t or any(x in t for x in implied_by) or (one_by_one and _one_by_one(op)):
             return True
         inner = _tagged_inner(op)
         return inner is not None and globals()[pred_name](inner)
@@ -168,8 +180,10 @@ def _simple_tag_rule(tag, pred_name, implied_by=()):
 
 _TAG_RULES = {
     is_symmetric: _tag_rule_symmetric,
-    is_diagonal: _simple_tag_rule(diagonal_tag, "is_diagonal"),
-    is_tridiagonal: _simple_tag_rule(tridiagonal_tag, "is_tridiagonal", (diagonal_tag,)),
+    is_diagonal: _simple_tag_rule(diagonal_tag, "is_diagonal", one_by_one=True),
+    is_tridiagonal: _simple_tag_rule(
+        tridiagonal_tag, "is_tridiagonal", (diagonal_tag,), one_by_one=True
+    ),
     is_lower_triangular: _simple_tag_rule(lower_triangular_tag, "is_lower_triangular", (diagonal_tag,)),
     is_upper_triangular: _simple_tag_rule(upper_triangular_tag, "is_upper_triangular", (diagonal_tag,)),
     is_positive_semidefinite: _simple_tag_rule(positive_semidefinite_tag, "is_positive_semidefinite"),
@@ -191,11 +205,16 @@ def _(op):
     return True
 
 
+@is_diagonal.register(TridiagonalLinearOperator)
+def _(op):
+    # Of size 1 it is diagonal; larger ones depend on the values, which predicates never read.
+    return _one_by_one(op)
+
+
 @is_positive_semidefinite.register(DiagonalLinearOperator)
 @is_negative_semidefinite.register(DiagonalLinearOperator)
 @has_unit_diagonal.register(DiagonalLinearOperator)
 @is_symmetric.register(TridiagonalLinearOperator)
-@is_diagonal.register(TridiagonalLinearOperator)
 @is_lower_triangular.register(TridiagonalLinearOperator)
 @is_upper_triangular.register(TridiagonalLinearOperator)
 @is_positive_semidefinite.register(TridiagonalLinearOperator)
@@ -311,13 +330,17 @@ def _(op):
 
 @is_diagonal.register(ComposedLinearOperator)
 def _(op):
-    return is_diagonal(op.operator1) and is_diagonal(op.operator2)
+    return _one_by_one(op) or (is_diagonal(op.operator1) and is_diagonal(op.operator2))
 
 
 @is_tridiagonal.register(ComposedLinearOperator)
 def _(op):
     a, b = op.operator1, op.operator2
-    return (is_diagonal(a) and is_tridiagonal(b)) or (is_tridiagonal(a) and is_diagonal(b))
+    return (
+        _one_by_one(op)
+        or (is_diagonal(a) and is_tridiagonal(b))
+        or (is_tridiagonal(a) and is_diagonal(b))
+    )
 
 
 @is_lower_triangular.register(ComposedLinearOperator)

@@ -24,8 +24,11 @@ class PyTreeLinearOperator(AbstractLinearOperator):
 
     **Arguments:**
 
-    - `pytree`: the blocks, as described above.
-    - `output_structure`: a pytree of `jax.ShapeDtypeStruct` for the output.
+    - `pytree`: the blocks, as described above. Integer or boolean blocks are cast to JAX's
+      default float dtype; blocks of different dtypes are promoted to a common one (float32 and
+      float64 blocks make a float64 operator).
+    - `output_structure`: a pytree of `jax.ShapeDtypeStruct` for the output (only its tree and
+      shapes are used; the dtype is that of the blocks).
     - `tags`: structural promises.
     """
 
@@ -54,7 +57,8 @@ class PyTreeLinearOperator(AbstractLinearOperator):
                 if tuple(leaf.shape[: len(so.shape)]) != tuple(so.shape):
                     raise ValueError(
                         f"PyTreeLinearOperator: a block of shape {leaf.shape} does not start with "
-                        f"the shape {so.shape} of its output leaf."
+                        f"the shape {so.shape} of its output leaf; each block must have the shape "
+                        "`output leaf shape + input leaf shape` (the layout `jax.jacfwd` returns)."
                     )
             shapes = [tuple(leaf.shape[len(so.shape) :]) for leaf in leaves]
             if in_treedef is None:
@@ -67,7 +71,10 @@ class PyTreeLinearOperator(AbstractLinearOperator):
             new_blocks.append(jax.tree_util.tree_unflatten(treedef, leaves))
         if in_treedef is None:
             raise ValueError("PyTreeLinearOperator needs at least one output leaf.")
-        dtype = jnp.result_type(*jax.tree_util.tree_leaves(new_blocks))
+        # An explicit conversion to one dtype (float32 and float64 blocks make a float64 operator),
+        # which must not depend on `jax_numpy_dtype_promotion`.
+        block_leaves = jax.tree_util.tree_leaves(new_blocks)
+        dtype = _tree.common_dtype(*block_leaves) if block_leaves else _tree.default_float_dtype()
         self.pytree = jax.tree_util.tree_unflatten(
             out_treedef, [jax.tree_util.tree_map(lambda x: x.astype(dtype), b) for b in new_blocks]
         )
@@ -97,10 +104,16 @@ class PyTreeLinearOperator(AbstractLinearOperator):
         return jax.tree_util.tree_unflatten(self.output_frozen[1], outs)
 
     def as_matrix(self):
+        # Explicit sizes, not `reshape(m, -1)`, which cannot infer the `-1` of a zero-sized block.
+        in_sizes = [math.prod(si.shape) for si in self.input_frozen[0]]
         rows = []
         for so, row in zip(self.output_frozen[0], self._blocks()):
             m = math.prod(so.shape)
-            rows.append(jnp.concatenate([b.reshape(m, -1) for b in row], axis=1))
+            rows.append(
+                jnp.concatenate([b.reshape(m, k) for b, k in zip(row, in_sizes)], axis=1)
+                if row
+                else jnp.zeros((m, 0), so.dtype)
+            )
         return jnp.concatenate(rows, axis=0)
 
     def transpose(self):

@@ -169,6 +169,26 @@ def _concrete_indices(x: Any, name: str) -> np.ndarray:
     return x
 
 
+def _check_lengths(n_values: int, n_rows: int, n_cols: int) -> None:
+    if not (n_values == n_rows == n_cols):
+        raise ValueError(
+            "SparseCOOLinearOperator: `values`, `rows` and `cols` must have the same length, "
+            f"got {n_values}, {n_rows} and {n_cols}."
+        )
+
+
+def check_index_range(rows: np.ndarray, cols: np.ndarray, shape, error: type = ValueError) -> None:
+    """Raise `error`, naming the first offending index, if an index lies outside `shape`."""
+    m, n = shape
+    for name, idx, bound in (("rows", rows, m), ("cols", cols, n)):
+        if idx.size and (idx.min() < 0 or idx.max() >= bound):
+            bad = idx[(idx < 0) | (idx >= bound)][0]
+            raise error(
+                f"SparseCOOLinearOperator: `{name}` holds the index {int(bad)}, outside "
+                f"[0, {bound}) for shape {(m, n)}. Fix the indices or the shape."
+            )
+
+
 def _check_shape(shape: Any) -> tuple[int, int]:
     if not isinstance(shape, (tuple, list)) or len(shape) != 2:
         raise TypeError(f"SparseCOOLinearOperator: `shape` must be a pair (m, n), got {shape!r}.")
@@ -261,46 +281,20 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
             )
         if traced is not None:
             m, n = _check_shape(shape)
-            r_len, c_len = traced.rows.shape[0], traced.cols.shape[0]
-            if not (values.shape[0] == r_len == c_len):
-                raise ValueError(
-                    "SparseCOOLinearOperator: `values`, `rows` and `cols` must have the same length, "
-                    f"got {values.shape[0]}, {r_len} and {c_len}."
-                )
-            self.values = values
-            self.index = (traced.rows, traced.cols)
-            self.pattern = None
-            self.dims = (m, n)
-            self.tags = check_tags(
-                tags,
-                jax.ShapeDtypeStruct((n,), values.dtype),
-                jax.ShapeDtypeStruct((m,), values.dtype),
-                "SparseCOOLinearOperator",
-            )
-            return
-        if pattern is None:
+            _check_lengths(values.shape[0], traced.rows.shape[0], traced.cols.shape[0])
+        elif pattern is None:
             m, n = _check_shape(shape)
             r = _concrete_indices(rows, "rows")
             c = _concrete_indices(cols, "cols")
-            if not (values.shape[0] == r.shape[0] == c.shape[0]):
-                raise ValueError(
-                    "SparseCOOLinearOperator: `values`, `rows` and `cols` must have the same length, "
-                    f"got {values.shape[0]}, {r.shape[0]} and {c.shape[0]}."
-                )
-            for name, idx, bound in (("rows", r, m), ("cols", c, n)):
-                if idx.size and (idx.min() < 0 or idx.max() >= bound):
-                    bad = idx[(idx < 0) | (idx >= bound)][0]
-                    raise ValueError(
-                        f"SparseCOOLinearOperator: `{name}` holds the index {int(bad)}, outside "
-                        f"[0, {bound}) for shape {(m, n)}. Fix the indices or the shape."
-                    )
+            _check_lengths(values.shape[0], r.shape[0], c.shape[0])
+            check_index_range(r, c, (m, n))
             pattern = SparsityPattern(r, c, (m, n))
         elif values.shape[0] != pattern.nnz:
             raise ValueError("SparseCOOLinearOperator: values do not match the pattern's length.")
         self.values = values
-        self.index = None
+        self.index = None if traced is None else (traced.rows, traced.cols)
         self.pattern = pattern
-        m, n = pattern.shape
+        m, n = (m, n) if pattern is None else pattern.shape
         self.dims = (m, n)
         self.tags = check_tags(
             tags,
@@ -332,7 +326,8 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
     def from_bcoo(cls, bcoo: Any, tags: Any = ()) -> SparseCOOLinearOperator:
         """Build from a 2-D `jax.experimental.sparse.BCOO` without batch or dense dimensions.
         BCOO's padding entries (indices equal to the shape) are dropped (with traced indices: turned
-        into explicit zeros). `bcoo.data` and `bcoo.indices` may both be traced, e.g. a BCOO passed
+        into explicit zeros); other concrete indices outside the shape, or negative, raise a
+        `ValueError`. `bcoo.data` and `bcoo.indices` may both be traced, e.g. a BCOO passed
         into `jax.jit`."""
         n_batch = getattr(bcoo, "n_batch", None)
         n_dense = getattr(bcoo, "n_dense", None)
@@ -358,7 +353,10 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
             return cls(data, TracedIndices(rows, cols), shape=(m, n), tags=tags)
         indices = np.asarray(bcoo.indices)
         idx, idx_c = indices[:, 0], indices[:, 1]
-        keep = (idx < m) & (idx_c < n)
+        # Only padding is dropped (an index equal to its dimension, as BCOO pads); an index beyond
+        # it, or a negative one, is a mistake that the constructor reports (a clear ValueError)
+        # rather than an entry to lose silently.
+        keep = (idx != m) & (idx_c != n)
         data = bcoo.data
         if not keep.all():
             data = data[np.flatnonzero(keep)]
@@ -512,4 +510,4 @@ def _(op):
     return SparseCOOLinearOperator(jnp.conj(op.values), op.pattern, tags=op.tags)
 
 
-__all__ = ["SparseCOOLinearOperator", "SparsityPattern", "TracedIndices"]
+__all__ = ["SparseCOOLinearOperator", "SparsityPattern", "TracedIndices", "check_index_range"]

@@ -7,7 +7,7 @@ one) and survive arithmetic only where the property provably survives.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class _Tag:
@@ -75,16 +75,56 @@ def as_tags(tags: object) -> frozenset:
     return out
 
 
+transpose_tags_rules: list[Callable[[frozenset], _Tag | None]] = []
+"""The rules `transpose_tags` applies, in Lineax's form (`lineax.transpose_tags_rules`): each is a
+function of the frozenset of an operator's tags returning one tag for its transpose, or `None`. A
+tag that no rule returns is dropped. Append a rule to teach `transpose_tags` more (it must return
+linopx tags):
+
+```python
+lx.transpose_tags_rules.append(
+    lambda tags: lx.symmetric_tag if lx.positive_semidefinite_tag in tags else None
+)
+```
+"""
+
+
+def _keep_rule(tag: _Tag) -> Callable[[frozenset], _Tag | None]:
+    def rule(tags: frozenset) -> _Tag | None:
+        return tag if tag in tags else None
+
+    return rule
+
+
+def _map_rule(source: _Tag, target: _Tag) -> Callable[[frozenset], _Tag | None]:
+    def rule(tags: frozenset) -> _Tag | None:
+        return target if source in tags else None
+
+    return rule
+
+
+# The transpose of a symmetric, diagonal, tridiagonal, unit-diagonal or semidefinite operator has
+# the same property; lower and upper triangularity swap.
+for _tag in (
+    symmetric_tag,
+    diagonal_tag,
+    tridiagonal_tag,
+    unit_diagonal_tag,
+    positive_semidefinite_tag,
+    negative_semidefinite_tag,
+):
+    transpose_tags_rules.append(_keep_rule(_tag))
+transpose_tags_rules.append(_map_rule(lower_triangular_tag, upper_triangular_tag))
+transpose_tags_rules.append(_map_rule(upper_triangular_tag, lower_triangular_tag))
+
+
 def transpose_tags(tags: Iterable) -> frozenset:
     """The tags of the transpose of an operator carrying `tags`.
 
     Lower and upper triangularity swap; every other tag is kept (the transpose of a symmetric,
-    diagonal, tridiagonal, unit-diagonal or semidefinite operator has the same property).
+    diagonal, tridiagonal, unit-diagonal or semidefinite operator has the same property). These are
+    the rules in `lx.transpose_tags_rules`, which this applies (each rule's tag, if any, is kept).
     """
     tags = as_tags(tags)
-    out = set(tags) - {lower_triangular_tag, upper_triangular_tag}
-    if lower_triangular_tag in tags:
-        out.add(upper_triangular_tag)
-    if upper_triangular_tag in tags:
-        out.add(lower_triangular_tag)
-    return frozenset(out)
+    out = [rule(tags) for rule in transpose_tags_rules]
+    return as_tags(t for t in out if t is not None)

@@ -11,7 +11,7 @@ from .lsmr import LSMR as LSMR
 from .lsqr import LSQR as LSQR
 from .lu import LU as LU
 from .minres import MINRES as MINRES
-from .normal import Normal as Normal
+from .normal import Normal as Normal, NormalCG as NormalCG
 from .preconditioners import jacobi_preconditioner as jacobi_preconditioner
 from .qr import PivotedQR as PivotedQR, QR as QR
 from .sparse import SparseLU as SparseLU

@@ -32,6 +32,7 @@ from .. import _tree
 from .._solution import RESULTS
 from ..linops.base import AbstractLinearOperator
 from ..linops.functions import conj as conj_operator
+from ._misc import check_real_scalar, widen_structure
 
 # ---------------------------------------------------------------------------------------------
 # Field checks
@@ -43,16 +44,21 @@ def _is_concrete_number(x: Any) -> bool:
     )
 
 
+# Loop counters are int32: a larger `max_steps` could never be reached (and would not fit).
+MAX_STEPS_CAP = 2**31 - 1
+
+
 def check_tolerances(name: str, rtol: Any, atol: Any, max_steps: Any) -> None:
-    """Raise a `ValueError` saying what to pass instead, for invalid common fields."""
+    """Raise a `ValueError` saying what to pass instead, for invalid common fields.
+
+    Tolerances must be finite and non-negative (0 switches that test off; both 0 means a fixed
+    number of iterations, `fixed_iterations`, so it must come with an explicit `max_steps`, as in
+    Lineax). `max_steps` must be a positive int or None: `0` and
+    negative values raise rather than returning an unsolved `y0` (SciPy's `maxiter=0` reports
+    success without iterating); values above `2**31 - 1` are treated as `2**31 - 1`."""
+    example = f"{name}(rtol=1e-8, atol=1e-8)"
     for field, value in (("rtol", rtol), ("atol", atol)):
-        if isinstance(value, complex):
-            raise ValueError(f"{name}: `{field}` must be a real number, got {value!r}.")  # noqa: TRY004 - fields raise ValueError
-        if _is_concrete_number(value) and not float(value) >= 0:
-            raise ValueError(
-                f"{name}: `{field}` must be a non-negative number, got {value!r}. Pass e.g. "
-                f"`{name}(rtol=1e-8, atol=1e-8)`; use 0 to switch a test off."
-            )
+        check_real_scalar(name, field, value, example)
     if max_steps is not None:
         if isinstance(max_steps, bool) or not isinstance(max_steps, numbers.Integral):
             raise ValueError(
@@ -64,6 +70,14 @@ def check_tolerances(name: str, rtol: Any, atol: Any, max_steps: Any) -> None:
                 f"{name}: `max_steps` must be at least 1, got {max_steps}. Pass None for the "
                 "default, or a positive number of iterations."
             )
+    elif (
+        _is_concrete_number(rtol) and _is_concrete_number(atol) and float(rtol) == float(atol) == 0
+    ):
+        raise ValueError(
+            f"{name}: `rtol` and `atol` are both 0, a tolerance no solve can meet short of an "
+            f"exact zero residual. Pass a positive tolerance, e.g. `{example}`, or an explicit "
+            "`max_steps` to run exactly that many iterations."
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,9 +156,11 @@ def check_options(name: str, operator: AbstractLinearOperator, options: dict, le
     m = options.get("preconditioner")
     if m is not None and not _preconditioner_fits(m, operator, least_squares):
         if not isinstance(m, AbstractLinearOperator):
+            kind = "an array" if hasattr(m, "shape") else type(m).__name__
             raise TypeError(
                 f"{name}: options['preconditioner'] must be a linopx operator (an approximation "
-                f"of A⁻¹), got {type(m).__name__}; wrap a function in `lx.FunctionLinearOperator`."
+                f"of A⁻¹), got {kind}; wrap a matrix in `lx.MatrixLinearOperator` or a function "
+                "in `lx.FunctionLinearOperator`."
             )
         want_in = operator.in_structure() if least_squares else operator.out_structure()
         raise ValueError(
@@ -180,10 +196,14 @@ def is_complex_dtype(dtype: Any) -> bool:
 
 
 def _cast_to(tree: Any, structure: Any) -> Any:
-    """Cast leaves to the structure's dtypes (keeping complex values complex)."""
+    """Cast leaves to the structure's dtypes, keeping complex values complex for a real structure
+    (a complex structure gets its own dtype exactly: a complex64 operator is applied to complex64
+    vectors even in a complex128 solve, as its `mv` expects)."""
     return jax.tree_util.tree_map(
         lambda x, s: x.astype(
-            _tree.common_dtype(s.dtype, x.dtype) if is_complex_dtype(x.dtype) else s.dtype
+            _tree.common_dtype(s.dtype, x.dtype)
+            if is_complex_dtype(x.dtype) and not is_complex_dtype(s.dtype)
+            else s.dtype
         ),
         tree,
         structure,
@@ -201,6 +221,9 @@ class Space(eqx.Module):
     frozen: tuple = eqx.field(static=True)
     flat: bool = eqx.field(static=True)
     dtype: Any = eqx.field(static=True)
+    # The structure a solution in this space is returned in, if not `frozen` (see
+    # `_misc.widen_structure`: a vector wider than the operator widens the solution).
+    solution_frozen: tuple | None = eqx.field(static=True, default=None)
 
     def structure(self) -> Any:
         return _tree.thaw_structure(self.frozen)
@@ -217,6 +240,15 @@ class Space(eqx.Module):
             return _tree.unravel(vec, self.structure())
         return _cast_to(vec, self.structure())
 
+    def unpack_solution(self, vec: Any) -> Any:
+        """A working vector -> the solution: as `unpack`, in the widened structure if any."""
+        if self.solution_frozen is None:
+            return self.unpack(vec)
+        structure = _tree.thaw_structure(self.solution_frozen)
+        if self.flat:
+            return _tree.unravel(vec, structure)
+        return _cast_to(vec, structure)
+
     def zeros(self) -> Any:
         if self.flat:
             return jnp.zeros(_tree.structure_size(self.structure()), self.dtype)
@@ -229,8 +261,10 @@ def spaces(operator: AbstractLinearOperator, dtype: Any, square: bool) -> tuple[
     in_s, out_s = operator.in_structure(), operator.out_structure()
     same = _tree.same_shapes(in_s, out_s)
     flat = square and not same
+    solution = widen_structure(in_s, out_s, dtype)
+    solution_frozen = None if solution is in_s else _tree.freeze_structure(solution)
     return (
-        Space(_tree.freeze_structure(in_s), flat, jnp.dtype(dtype)),
+        Space(_tree.freeze_structure(in_s), flat, jnp.dtype(dtype), solution_frozen),
         Space(_tree.freeze_structure(out_s), flat, jnp.dtype(dtype)),
     )
 
@@ -360,8 +394,23 @@ def tolerance_squared(rtol: Any, atol: Any, bb: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.asarray(rtol, dt) ** 2 * bb, jnp.asarray(atol, dt) ** 2)
 
 
+def fixed_iterations(rtol: Any, atol: Any) -> bool:
+    """Whether both tolerances are (concrete) zeros: then the solver runs a fixed number of
+    iterations, `max_steps` (`check_tolerances` makes sure it is given), and reports `successful`
+    unless it breaks down or meets a non-finite number, as in Lineax. Inexact Newton methods with
+    a fixed inner iteration count rely on that. Decided at trace time, so traced tolerances (even
+    zero ones) count as tolerances."""
+    return (
+        _is_concrete_number(rtol)
+        and _is_concrete_number(atol)
+        and float(rtol) == 0
+        and float(atol) == 0
+    )
+
+
 def default_max_steps(max_steps: int | None, size: int, factor: int = 10) -> int:
-    return factor * max(size, 1) if max_steps is None else int(max_steps)
+    steps = factor * max(size, 1) if max_steps is None else int(max_steps)
+    return min(steps, MAX_STEPS_CAP)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,6 +450,7 @@ def refine(
     measure0: jax.Array,
     max_steps: int,
     steps_dtype=jnp.int32,
+    fixed: bool = False,
 ):
     """Run `inner` rounds until the true residual meets the tolerance.
 
@@ -412,31 +462,60 @@ def refine(
       (a round that decreases none of them counts as stagnation).
 
     Returns `(x, result, stats)`.
+
+    The loop always ends: a round that takes no step would be repeated identically, so it counts as
+    stagnation, and a non-finite true residual (NaN or infinity in the operator, the right-hand
+    side, `y0` or the preconditioner, or an overflow) ends it with `nonfinite_input` (which
+    `linear_solve` reports as `singular` if the inputs are finite). Success needs a finite residual:
+    an infinite `b` makes the tolerance infinite too, and must not pass for converged.
+
+    With `fixed` (both tolerances zero, see `fixed_iterations`) the rounds go on until `max_steps`
+    iterations are spent (or the residual is exactly zero, or a round takes no step), restarting
+    however little a round gains, and the result is `successful` unless the method broke down or
+    the residual is not finite.
     """
     k0 = jnp.zeros((), steps_dtype)
     false = jnp.zeros((), bool)
     rnorm0 = measure0[0]
+    finite0 = jnp.isfinite(rnorm0)
 
     def cond(c):
-        _, _, k, done, broke, stalled, _, _ = c
-        return jnp.logical_not(done | broke | stalled) & (k < max_steps)
+        _, _, k, done, broke, stalled, _, rnorm = c
+        return jnp.logical_not(done | broke | stalled) & (k < max_steps) & jnp.isfinite(rnorm)
 
     def body(c):
-        x, start, k, _, _, _, measure, _ = c
-        x, k, broke, aux = inner(x, start, k)
+        x, start, k_before, _, _, _, measure, _ = c
+        x, k, broke, aux = inner(x, start, k_before)
         start, done, new_measure, rnorm = check(x, aux)
-        stalled = jnp.all(new_measure >= measure) & jnp.logical_not(done)
+        done = done & jnp.isfinite(rnorm)
+        no_progress = (
+            (k <= k_before) if fixed else (jnp.all(new_measure >= measure) | (k <= k_before))
+        )
+        # A round cut short by `max_steps` is not judged: the result is then `max_steps_reached`
+        # (as for CG), also when that round's residual did not decrease (BiCGStab's need not).
+        stalled = no_progress & jnp.logical_not(done) & (k < max_steps)
         return x, start, k, done, broke, stalled, jnp.minimum(new_measure, measure), rnorm
 
-    init = (x0, start, k0, converged0, false, false, measure0, rnorm0)
+    init = (x0, start, k0, converged0 & finite0, false, false, measure0, rnorm0)
     x, _, k, done, broke, stalled, _, rnorm = lax.while_loop(cond, body, init)
+    if fixed:
+        result = RESULTS.where(
+            jnp.logical_not(jnp.isfinite(rnorm)),
+            RESULTS.nonfinite_input,
+            RESULTS.where(broke & jnp.logical_not(done), RESULTS.breakdown, RESULTS.successful),
+        )
+        return x, result, {"num_steps": k, "residual_norm": rnorm}
     result = RESULTS.where(
         done,
         RESULTS.successful,
         RESULTS.where(
-            broke,
-            RESULTS.breakdown,
-            RESULTS.where(stalled, RESULTS.stagnation, RESULTS.max_steps_reached),
+            jnp.logical_not(jnp.isfinite(rnorm)),
+            RESULTS.nonfinite_input,
+            RESULTS.where(
+                broke,
+                RESULTS.breakdown,
+                RESULTS.where(stalled, RESULTS.stagnation, RESULTS.max_steps_reached),
+            ),
         ),
     )
     return x, result, {"num_steps": k, "residual_norm": rnorm}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import jax
@@ -20,6 +22,38 @@ def check_square(operator: AbstractLinearOperator, solver_name: str) -> None:
             f"{solver_name} needs a square operator, got {m} x {n}. For least squares or minimum "
             "norm use `lx.QR()`, `lx.SVD()`, `lx.LSMR()` or `lx.AutoLinearSolver(well_posed=None)`."
         )
+
+
+def check_real_scalar(name: str, field: str, value: Any, example: str) -> None:
+    """Raise a `ValueError` unless `value` is a finite non-negative real scalar: a Python or NumPy
+    number, or a 0-d real array (a traced one is accepted unchecked, as its value is not known)."""
+    ok_type = (isinstance(value, numbers.Real) and not isinstance(value, bool)) or (
+        hasattr(value, "dtype")
+        and hasattr(value, "shape")
+        and tuple(value.shape) == ()
+        and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer))
+    )
+    if not ok_type:
+        shape = getattr(value, "shape", None)
+        what = f"an array of shape {tuple(shape)}" if shape is not None else repr(value)
+        raise ValueError(  # solver fields raise ValueError (API.md), even for a wrong type
+            f"{name}: `{field}` must be a real, non-negative scalar, got {what:.80}. Pass e.g. "
+            f"`{example}`."
+        )
+    if isinstance(value, jax.core.Tracer):
+        return
+    v = float(value)
+    if not (v >= 0 and math.isfinite(v)):
+        raise ValueError(
+            f"{name}: `{field}` must be a finite, non-negative number, got {value!r}. Pass e.g. "
+            f"`{example}`."
+        )
+
+
+def check_rcond(name: str, rcond: Any) -> None:
+    """`rcond` is None (the default) or a finite, non-negative real scalar."""
+    if rcond is not None:
+        check_real_scalar(name, "rcond", rcond, f"{name}(rcond=1e-10)")
 
 
 def flat(vector: Any, dtype: Any = None) -> jax.Array:
@@ -125,8 +159,30 @@ def structures(operator: AbstractLinearOperator) -> tuple:
     )
 
 
-def solution_structure(structs: tuple) -> Any:
-    return _tree.thaw_structure(structs[0])
+def solution_structure(structs: tuple, dtype: Any = None) -> Any:
+    """The structure a solver returns its solution in, given the `structures` of its operator and
+    the `dtype` the solve ran in (see `widen_structure`)."""
+    in_structure = _tree.thaw_structure(structs[0])
+    if dtype is None:
+        return in_structure
+    return widen_structure(in_structure, _tree.thaw_structure(structs[1]), dtype)
+
+
+def widen_structure(in_structure: Any, out_structure: Any, dtype: Any) -> Any:
+    """The structure of the solution of a solve that ran in `dtype`: the operator's input
+    structure, dtypes included (Lineax's convention), when `dtype` is no wider than the operator's
+    own (the common dtype of its structures). A wider one comes from the right-hand side (float64
+    for a float32 operator, complex for a real one): then every leaf is promoted with it, so that
+    the solution has the promoted dtype and no precision or imaginary part of the vector is
+    dropped."""
+    operator_dtype = _tree.common_dtype(
+        _tree.structure_dtype(in_structure), _tree.structure_dtype(out_structure)
+    )
+    if _tree.common_dtype(operator_dtype, dtype) == operator_dtype:
+        return in_structure
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, _tree.common_dtype(s.dtype, dtype)), in_structure
+    )
 
 
 def swap(structs: tuple) -> tuple:

@@ -6,7 +6,9 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
+from .. import _tree
 from ..linops.base import AbstractLinearOperator
 from ..linops.functions import (
     is_diagonal,
@@ -46,6 +48,13 @@ def _contains_sparse(operator: AbstractLinearOperator, sparse_types: tuple) -> b
         return False
     found = jax.tree_util.tree_leaves(operator, is_leaf=lambda x: isinstance(x, sparse_types))
     return any(isinstance(x, sparse_types) for x in found)
+
+
+def _operator_dtype(operator: AbstractLinearOperator):
+    return _tree.common_dtype(
+        _tree.structure_dtype(operator.in_structure()),
+        _tree.structure_dtype(operator.out_structure()),
+    )
 
 
 class _AutoState(eqx.Module):
@@ -99,7 +108,11 @@ class AutoLinearSolver(AbstractLinearSolver):
                 return SparseLU()
             from .lsmr import LSMR
 
-            return LSMR(rtol=1e-10, atol=1e-10)
+            # 1e-10, but never below 100 eps: float32 (eps 1.2e-7) cannot reach 1e-10, and LSMR
+            # would end every float32 solve with `stagnation` despite an accurate answer.
+            eps = float(jnp.finfo(_operator_dtype(operator)).eps)
+            tol = max(1e-10, 100 * eps)
+            return LSMR(rtol=tol, atol=tol)
         if _contains_sparse(operator, sparse_types):
             raise ValueError(
                 "AutoLinearSolver will not densify a sparse operator inside a composite "

@@ -6,6 +6,7 @@ import abc
 from typing import Any, ClassVar, TypeAlias
 
 import equinox as eqx
+import numpy as np
 from jaxtyping import PyTree
 
 from ..linops.base import AbstractLinearOperator
@@ -58,3 +59,55 @@ class AbstractLinearSolver(eqx.Module):
     @abc.abstractmethod
     def allow_dependent_columns(self, operator: AbstractLinearOperator) -> bool:
         """Return whether the solver gives the pseudoinverse solution when `A`'s columns are dependent."""
+
+    def assume_full_rank(self, operator: AbstractLinearOperator | None = None) -> bool:
+        """Whether the solver assumes full rank (rank `min(m, n)`): Lineax's name for what
+        `allow_dependent_rows`/`allow_dependent_columns` say, derived from them (not to override).
+
+        A solver assumes full rank for an `m x n` operator when it allows no dependence beyond what
+        the shape forces: not dependent rows if `m <= n`, not dependent columns if `n <= m` (the
+        rows of a tall matrix are always dependent, so `QR` on one still assumes full rank). With
+        no `operator`, as Lineax's `assume_full_rank()` is called, the answer is for a square one:
+        `True` iff neither dependent rows nor dependent columns are allowed.
+
+        ```python
+        lx.LU().assume_full_rank()       # True
+        lx.SVD().assume_full_rank()      # False
+        ```
+        """
+        if operator is None:
+            operator = _square_probe()
+        m, n = operator.out_size(), operator.in_size()
+        rows = m <= n and self.allow_dependent_rows(operator)
+        columns = n <= m and self.allow_dependent_columns(operator)
+        return not (rows or columns)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # A solver written against Lineax >= 0.1 implements `assume_full_rank()` instead of the
+        # two `allow_dependent_*` methods. Derive those from it, so that such a solver works
+        # unchanged: assuming full rank, only the dependence the shape forces is allowed (the
+        # rows of a tall operator, the columns of a wide one); otherwise any.
+        if "assume_full_rank" not in cls.__dict__:
+            return
+        for name, shape_forces in (
+            ("allow_dependent_rows", lambda m, n: m > n),
+            ("allow_dependent_columns", lambda m, n: n > m),
+        ):
+            if getattr(getattr(cls, name, None), "__isabstractmethod__", False):
+
+                def derived(self, operator, _forced=shape_forces):
+                    if not self.assume_full_rank():
+                        return True
+                    return _forced(operator.out_size(), operator.in_size())
+
+                derived.__name__ = derived.__qualname__ = name
+                setattr(cls, name, derived)
+
+
+def _square_probe() -> AbstractLinearOperator:
+    """A 2 x 2 untagged dense operator: what `assume_full_rank()` asks the solver about when no
+    operator is given (solvers decide from tags and shapes, never from values)."""
+    from ..linops.matrix import MatrixLinearOperator
+
+    return MatrixLinearOperator(np.zeros((2, 2)))

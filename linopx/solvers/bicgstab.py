@@ -29,6 +29,9 @@ class BiCGStab(AbstractLinearSolver):
     **Arguments:**
 
     - `rtol`, `atol`: relative and absolute tolerance (non-negative).
+      Both 0, with an explicit `max_steps`, runs exactly `max_steps` iterations (fewer only if
+      the residual becomes exactly 0) and reports `successful` unless the method breaks down:
+      Lineax's fixed-iteration mode.
     - `max_steps`: the maximum number of iterations; `None` (default) means `10 n`.
 
     **Options:**
@@ -122,7 +125,17 @@ class BiCGStab(AbstractLinearSolver):
         x0, r0 = K.initial_guess(options, xs, b, mv)
         rr0 = K.rdot(r0, r0)
         return _finish(
-            xs, K.refine(inner, check, x0, (r0, rr0), rr0 <= tol2, jnp.sqrt(rr0)[None], max_steps)
+            xs,
+            K.refine(
+                inner,
+                check,
+                x0,
+                (r0, rr0),
+                rr0 <= tol2,
+                jnp.sqrt(rr0)[None],
+                max_steps,
+                fixed=K.fixed_iterations(self.rtol, self.atol),
+            ),
         )
 
     def transpose(self, state: K.KrylovState, options):
@@ -140,4 +153,4 @@ class BiCGStab(AbstractLinearSolver):
 
 def _finish(xs, out):
     x, result, stats = out
-    return xs.unpack(x), result, stats
+    return xs.unpack_solution(x), result, stats

@@ -23,6 +23,23 @@ def _pack(dtype, *scalars):
     return jnp.stack([jnp.asarray(v).astype(dtype) for v in scalars])
 
 
+def _result(rr_true, tol2, finite, s, loop_steps):
+    """The verdict from the true residual `rr_true = |b - A x|²` and the loop's scalars `s`."""
+    return RESULTS.where(
+        (rr_true <= tol2) & finite,
+        RESULTS.successful,
+        RESULTS.where(
+            jnp.logical_not(finite),
+            RESULTS.nonfinite_input,
+            RESULTS.where(
+                s[_BROKE] > 0,
+                RESULTS.breakdown,
+                RESULTS.where(s[_K] >= loop_steps, RESULTS.max_steps_reached, RESULTS.stagnation),
+            ),
+        ),
+    )
+
+
 class CG(AbstractLinearSolver):
     """The (preconditioned) conjugate gradient method (Hestenes & Stiefel 1952), matrix-free.
 
@@ -49,6 +66,9 @@ class CG(AbstractLinearSolver):
     **Arguments:**
 
     - `rtol`, `atol`: relative and absolute tolerance, as above (non-negative).
+      Both 0, with an explicit `max_steps`, runs exactly `max_steps` iterations (fewer only if
+      the residual becomes exactly 0) and reports `successful` unless the method breaks down:
+      Lineax's fixed-iteration mode.
     - `max_steps`: the maximum number of iterations; `None` (default) means `10 n` for `n`
       unknowns, as SciPy (at most 2²⁴ in float32, where the count is carried).
 
@@ -156,20 +176,24 @@ class CG(AbstractLinearSolver):
         broke0 = jnp.logical_not((rz0 > 0) | (rr0 <= tol2))
         s0 = _pack(real, rz0, rr0, 0, broke0)
         x, _, _, s = lax.while_loop(cond, body, (x0, r0, z0, s0))
-        # The true residual decides the result.
+        # The true residual decides the result. It must be finite: with an infinite `b` the
+        # tolerance is infinite too. A non-finite residual is `nonfinite_input` (NaN or infinity in
+        # A, b, y0 or the preconditioner; `linear_solve` says `singular` if they are all finite).
         r_true = K.sub(b, mv_pos(x))
         rr_true = K.rdot(r_true, r_true)
-        result = RESULTS.where(
-            rr_true <= tol2,
-            RESULTS.successful,
-            RESULTS.where(
-                s[_BROKE] > 0,
-                RESULTS.breakdown,
-                RESULTS.where(s[_K] >= loop_steps, RESULTS.max_steps_reached, RESULTS.stagnation),
-            ),
-        )
+        finite = jnp.isfinite(rr_true)
+        if K.fixed_iterations(self.rtol, self.atol):
+            # A fixed number of iterations (both tolerances 0): done unless it broke down or
+            # met a non-finite number.
+            result = RESULTS.where(
+                jnp.logical_not(finite),
+                RESULTS.nonfinite_input,
+                RESULTS.where(s[_BROKE] > 0, RESULTS.breakdown, RESULTS.successful),
+            )
+        else:
+            result = _result(rr_true, tol2, finite, s, loop_steps)
         stats = {"num_steps": s[_K].astype(jnp.int32), "residual_norm": jnp.sqrt(rr_true)}
-        return xs.unpack(x), result, stats
+        return xs.unpack_solution(x), result, stats
 
     def transpose(self, state: K.KrylovState, options):
         return K.transposed(state, options, least_squares=False)

@@ -67,7 +67,7 @@ class Cholesky(AbstractLinearSolver):
             x = -x
         # The pivots of A = L Lᴴ are |L_ii|².
         result = pivot_result(jnp.abs(matrix_diagonal(state.factor)) ** 2, solution=x)
-        return unflat(x, solution_structure(state.structs)), result, {}
+        return unflat(x, solution_structure(state.structs, x.dtype)), result, {}
 
     def transpose(self, state: _CholeskyState, options):
         # A is Hermitian, so Aᵀ = conj(A), whose factor is conj(L).

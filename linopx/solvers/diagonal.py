@@ -5,9 +5,11 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ..linops.functions import diagonal, is_diagonal
 from ._misc import (
+    check_rcond,
     check_square,
     finite_factor_result,
     rhs,
@@ -43,8 +45,11 @@ class Diagonal(AbstractLinearSolver):
     _verdict_checks_solution = True
 
     def __check_init__(self):
-        if self.rcond is not None and not self.rcond >= 0:
-            raise ValueError(f"Diagonal: `rcond` must be non-negative, got {self.rcond}.")
+        check_rcond("Diagonal", self.rcond)
+        if not isinstance(self.well_posed, (bool, np.bool_)):
+            raise TypeError(
+                f"Diagonal: `well_posed` must be True or False, got {self.well_posed!r}."
+            )
 
     def init(self, operator, options):
         check_square(operator, "Diagonal")
@@ -66,7 +71,7 @@ class Diagonal(AbstractLinearSolver):
                 rcond = jnp.finfo(d.dtype).eps * d.shape[0]
             tiny = jnp.abs(d) <= rcond * jnp.max(jnp.abs(d), initial=0.0)
             x = jnp.where(tiny, 0, b / jnp.where(tiny, 1, d))
-        return unflat(x, solution_structure(state.structs)), finite_factor_result(d, solution=x), {}
+        return unflat(x, solution_structure(state.structs, x.dtype)), finite_factor_result(d, solution=x), {}
 
     def transpose(self, state, options):
         return _DiagonalState(state.diagonal, swap(state.structs)), options

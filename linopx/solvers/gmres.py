@@ -59,6 +59,9 @@ class GMRES(AbstractLinearSolver):
     **Arguments:**
 
     - `rtol`, `atol`: relative and absolute tolerance (non-negative).
+      Both 0, with an explicit `max_steps`, runs exactly `max_steps` iterations (fewer only if
+      the residual becomes exactly 0) and reports `successful` unless the method breaks down:
+      Lineax's fixed-iteration mode.
     - `max_steps`: the maximum total number of *inner* (Arnoldi) iterations, over all cycles;
       `None` (default) means `10 n`.
     - `restart`: the Krylov dimension of a cycle (default 20, as `jax.scipy`); capped at `n`.
@@ -179,9 +182,16 @@ class GMRES(AbstractLinearSolver):
         x0, r0 = K.initial_guess(options, xs, b, mv)
         rnorm0 = K.norm(r0)
         x, result, stats = K.refine(
-            inner, check, x0, (r0, rnorm0), rnorm0 <= tol, rnorm0[None], max_steps
+            inner,
+            check,
+            x0,
+            (r0, rnorm0),
+            rnorm0 <= tol,
+            rnorm0[None],
+            max_steps,
+            fixed=K.fixed_iterations(self.rtol, self.atol),
         )
-        return xs.unpack(x), result, stats
+        return xs.unpack_solution(x), result, stats
 
     def transpose(self, state: K.KrylovState, options):
         return K.transposed(state, options, least_squares=False)

@@ -46,6 +46,9 @@ class LSMR(AbstractLinearSolver):
     **Arguments:**
 
     - `rtol`, `atol`: tolerances as above (non-negative).
+      Both 0, with an explicit `max_steps`, runs exactly `max_steps` iterations (fewer only if
+      the residual becomes exactly 0) and reports `successful` unless the method breaks down:
+      Lineax's fixed-iteration mode.
     - `max_steps`: maximum iterations; `None` (default) means `10 min(m, n)`.
     - `damp`: the regularisation `d >= 0` (default 0).
 

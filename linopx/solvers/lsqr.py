@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -12,15 +11,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import _krylov as K
+from ._misc import check_real_scalar
 from .base import AbstractLinearSolver
 
 
 def check_damp(name: str, damp: Any) -> None:
-    if isinstance(damp, complex) or (isinstance(damp, numbers.Real) and not damp >= 0):
-        raise ValueError(
-            f"{name}: `damp` must be a non-negative real number (it minimises "
-            f"|A x - b|² + damp² |x|²), got {damp!r}."
-        )
+    """`damp` is a finite, non-negative real scalar (it minimises |A x - b|² + damp² |x|²); a
+    traced one is accepted unchecked."""
+    check_real_scalar(name, "damp", damp, f"{name}(rtol=1e-8, atol=1e-8, damp=0.1)")
 
 
 class LeastSquaresSetup(eqx.Module):
@@ -39,6 +37,7 @@ class LeastSquaresSetup(eqx.Module):
     rs: K.Space
     dtype: Any = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
+    fixed: bool = eqx.field(static=True, default=False)  # `K.fixed_iterations`
 
 
 def setup(name: str, solver, operator, vector, options, factor: int = 10) -> LeastSquaresSetup:
@@ -62,7 +61,10 @@ def setup(name: str, solver, operator, vector, options, factor: int = 10) -> Lea
     y0 = options.get("y0")
     x0 = None if y0 is None else xs.pack(y0)
     rtol = jnp.asarray(solver.rtol, K.real_dtype(dtype))
-    return LeastSquaresSetup(b, x0, tol, rtol, bmv, badj, amv, apply_n, xs, rs, dtype, max_steps)
+    fixed = K.fixed_iterations(solver.rtol, solver.atol)
+    return LeastSquaresSetup(
+        b, x0, tol, rtol, bmv, badj, amv, apply_n, xs, rs, dtype, max_steps, fixed
+    )
 
 
 def run_least_squares(s: LeastSquaresSetup, inner: Callable):
@@ -84,9 +86,16 @@ def run_least_squares(s: LeastSquaresSetup, inner: Callable):
     rnorm0 = K.norm(r0)
     inf = jnp.full((), jnp.inf, rnorm0.dtype)
     x, result, stats = K.refine(
-        inner, check, x0, (r0, rnorm0), rnorm0 <= s.tol, jnp.stack([rnorm0, inf]), s.max_steps
+        inner,
+        check,
+        x0,
+        (r0, rnorm0),
+        rnorm0 <= s.tol,
+        jnp.stack([rnorm0, inf]),
+        s.max_steps,
+        fixed=s.fixed,
     )
-    return s.xs.unpack(x), result, stats
+    return s.xs.unpack_solution(x), result, stats
 
 
 def _safe_inv(x):
@@ -121,6 +130,9 @@ class LSQR(AbstractLinearSolver):
     **Arguments:**
 
     - `rtol`, `atol`: tolerances as above (non-negative).
+      Both 0, with an explicit `max_steps`, runs exactly `max_steps` iterations (fewer only if
+      the residual becomes exactly 0) and reports `successful` unless the method breaks down:
+      Lineax's fixed-iteration mode.
     - `max_steps`: maximum iterations; `None` (default) means `10 min(m, n)`.
     - `damp`: the regularisation `d >= 0` above (default 0).
 

@@ -70,7 +70,7 @@ class LU(AbstractLinearSolver):
         b = rhs(vector, state.lu.dtype)
         x = lu_solve(state.lu.astype(b.dtype), state.perm, b, state.transposed)
         result = pivot_result(matrix_diagonal(state.lu), solution=x)
-        return unflat(x, solution_structure(state.structs)), result, {}
+        return unflat(x, solution_structure(state.structs, x.dtype)), result, {}
 
     def transpose(self, state: _LUState, options):
         return _LUState(state.lu, state.perm, not state.transposed, swap(state.structs)), options

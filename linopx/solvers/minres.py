@@ -42,6 +42,9 @@ class MINRES(AbstractLinearSolver):
     **Arguments:**
 
     - `rtol`, `atol`: relative and absolute tolerance (non-negative).
+      Both 0, with an explicit `max_steps`, runs exactly `max_steps` iterations (fewer only if
+      the residual becomes exactly 0) and reports `successful` unless the method breaks down:
+      Lineax's fixed-iteration mode.
     - `max_steps`: the maximum number of iterations; `None` (default) means `10 n`.
 
     **Options:**
@@ -165,9 +168,16 @@ class MINRES(AbstractLinearSolver):
         x0, r0 = K.initial_guess(options, xs, b, mv)
         rnorm0 = K.norm(r0)
         x, result, stats = K.refine(
-            inner, check, x0, (r0, rnorm0), rnorm0 <= tol, rnorm0[None], max_steps
+            inner,
+            check,
+            x0,
+            (r0, rnorm0),
+            rnorm0 <= tol,
+            rnorm0[None],
+            max_steps,
+            fixed=K.fixed_iterations(self.rtol, self.atol),
         )
-        return xs.unpack(x), result, stats
+        return xs.unpack_solution(x), result, stats
 
     def transpose(self, state: K.KrylovState, options):
         return K.transposed(state, options, least_squares=False)

@@ -12,6 +12,7 @@ from jax.lax.linalg import ormqr, triangular_solve
 
 from .._compat import geqp3, geqrf
 from ._misc import (
+    check_rcond,
     finite_factor_result,
     matrix_diagonal,
     pivot_result,
@@ -90,7 +91,7 @@ class QR(AbstractLinearSolver):
             x = _apply_q(h, taus, _pad(y, p), adjoint=False)
         # QR assumes full rank (use PivotedQR or SVD otherwise): report a rank-deficient R.
         result = pivot_result(matrix_diagonal(r), solution=x)
-        return unflat(x, solution_structure(state.structs)), result, {}
+        return unflat(x, solution_structure(state.structs, x.dtype)), result, {}
 
     def transpose(self, state: _QRState, options):
         # (Q R)ᵀ = (Q̄ R̄)ᴴ and ((Q R)ᴴ)ᵀ = Q̄ R̄; conjugating the reflectors and taus conjugates Q.
@@ -136,8 +137,7 @@ class PivotedQR(AbstractLinearSolver):
     _verdict_checks_solution = True
 
     def __check_init__(self):
-        if self.rcond is not None and not self.rcond >= 0:
-            raise ValueError(f"PivotedQR: `rcond` must be non-negative, got {self.rcond}.")
+        check_rcond("PivotedQR", self.rcond)
 
     def init(self, operator, options):
         matrix = operator.as_matrix()
@@ -146,7 +146,8 @@ class PivotedQR(AbstractLinearSolver):
         h1, perm, taus1 = geqp3(matrix)
         rcond = self.rcond if self.rcond is not None else jnp.finfo(matrix.dtype).eps * max(m, n)
         diag = jnp.abs(jnp.diagonal(h1))
-        mask = diag > rcond * diag[0]
+        # `diag[:1]`, not `diag[0]`: an empty operator (k = 0) has no leading entry.
+        mask = diag > rcond * diag[:1]
         r = jnp.where(mask[:, None], jnp.triu(h1[:k]), 0)
         # Rotate the trapezoid [R11 R12] onto a triangle: rᴴ = Q2 [T; 0].
         h2, taus2 = geqrf(_h(r))
@@ -177,7 +178,7 @@ class PivotedQR(AbstractLinearSolver):
             x = _apply_q_conj(h1, taus1, _pad(w, m), adjoint=False)
         # An infinite entry of A can leave x finite (its column is cut off); R's diagonal shows it.
         result = finite_factor_result(matrix_diagonal(h1[:k, :k]), solution=x)
-        return unflat(x, solution_structure(state.structs)), result, {}
+        return unflat(x, solution_structure(state.structs, x.dtype)), result, {}
 
     def transpose(self, state: _PivotedQRState, options):
         return _flip(state), options

@@ -6,7 +6,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from ._misc import finite_factor_result, rhs, solution_structure, structures, swap, unflat
+from .._solution import RESULTS
+from ._misc import (
+    check_rcond,
+    finite_factor_result,
+    rhs,
+    solution_structure,
+    structures,
+    swap,
+    unflat,
+)
 from .base import AbstractLinearSolver
 
 
@@ -14,6 +23,7 @@ class _SVDState(eqx.Module):
     u: jax.Array
     s: jax.Array
     vh: jax.Array
+    finite: jax.Array  # whether the matrix was finite (else the factors are those of zero)
     structs: tuple = eqx.field(static=True)
 
 
@@ -33,13 +43,15 @@ class SVD(AbstractLinearSolver):
     _verdict_checks_solution = True
 
     def __check_init__(self):
-        if self.rcond is not None and not self.rcond >= 0:
-            raise ValueError(f"SVD: `rcond` must be non-negative, got {self.rcond}.")
+        check_rcond("SVD", self.rcond)
 
     def init(self, operator, options):
         matrix = operator.as_matrix()
-        u, s, vh = jnp.linalg.svd(matrix, full_matrices=False)
-        return _SVDState(u, s, vh, structures(operator))
+        # LAPACK's SVD (gesdd) can loop forever on a matrix with an infinite entry off the diagonal
+        # (`np.linalg.svd` hangs too): factorize zeros instead, and report `nonfinite_input`.
+        finite = jnp.all(jnp.isfinite(matrix))
+        u, s, vh = jnp.linalg.svd(jnp.where(finite, matrix, 0), full_matrices=False)
+        return _SVDState(u, s, vh, finite, structures(operator))
 
     def compute(self, state: _SVDState, vector, options):
         b = rhs(vector, state.u.dtype)
@@ -51,14 +63,25 @@ class SVD(AbstractLinearSolver):
         s_inv = jnp.where(big, 1 / jnp.where(big, s, 1), 0).astype(b.dtype)
         x = jnp.conj(vh).T @ (s_inv * (jnp.conj(u).T @ b))
         # An infinite entry of A can leave x finite (its column is cut off); the spectrum shows it.
-        return unflat(x, solution_structure(state.structs)), finite_factor_result(s, solution=x), {}
+        result = RESULTS.where(
+            state.finite, finite_factor_result(s, solution=x), RESULTS.nonfinite_input
+        )
+        return unflat(x, solution_structure(state.structs, x.dtype)), result, {}
 
     def transpose(self, state: _SVDState, options):
         # Aᵀ = vhᵀ S uᵀ.
-        return _SVDState(state.vh.T, state.s, state.u.T, swap(state.structs)), options
+        return (
+            _SVDState(state.vh.T, state.s, state.u.T, state.finite, swap(state.structs)),
+            options,
+        )
 
     def conj(self, state: _SVDState, options):
-        return _SVDState(jnp.conj(state.u), state.s, jnp.conj(state.vh), state.structs), options
+        return (
+            _SVDState(
+                jnp.conj(state.u), state.s, jnp.conj(state.vh), state.finite, state.structs
+            ),
+            options,
+        )
 
     def allow_dependent_rows(self, operator):
         return True

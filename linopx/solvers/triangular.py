@@ -62,7 +62,7 @@ class Triangular(AbstractLinearSolver):
             unit_diagonal=state.unit_diagonal,
         )[:, 0]
         result = finite_factor_result(matrix_diagonal(state.matrix), solution=x)
-        return unflat(x, solution_structure(state.structs)), result, {}
+        return unflat(x, solution_structure(state.structs, x.dtype)), result, {}
 
     def transpose(self, state: _TriangularState, options):
         return (

@@ -53,7 +53,7 @@ class Tridiagonal(AbstractLinearSolver):
         du = jnp.concatenate([state.upper.astype(dtype), zero])
         x = tridiagonal_solve(dl, state.diagonal.astype(dtype), du, b[:, None])[:, 0]
         result = finite_factor_result(state.diagonal, state.lower, state.upper, solution=x)
-        return unflat(x, solution_structure(state.structs)), result, {}
+        return unflat(x, solution_structure(state.structs, x.dtype)), result, {}
 
     def transpose(self, state: _TridiagonalState, options):
         return (

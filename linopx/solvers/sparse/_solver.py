@@ -294,7 +294,7 @@ def _host_solve(pattern, backend, kind, transposed, conjugated, out_dtype, value
     total = math.prod(batch)
     x = np.empty((total, n), out_dtype)
     flags = np.zeros((total,), np.int32)
-    vflat = values.reshape(-1, values.shape[-1])
+    vflat = values.reshape(math.prod(bv), values.shape[-1])  # nnz may be 0
     which = np.broadcast_to(np.arange(vflat.shape[0]).reshape(bv), batch).reshape(-1)
     rhs = np.broadcast_to(b, batch + (n,)).reshape(total, n)
     for v in np.unique(which):
