@@ -519,3 +519,23 @@ def refine(
         ),
     )
     return x, result, {"num_steps": k, "residual_norm": rnorm}
+
+
+def refine_from_residual(
+    inner: Callable,
+    b: Any,
+    mv: Callable,
+    tol: jax.Array,
+    options: dict,
+    xs: "Space",
+    max_steps: int,
+    fixed: bool,
+) -> tuple[Any, Any, dict]:
+    """`refine` for the methods whose inner loop starts from `(r0, |r0|)` and whose true-residual
+    check is unsquared (GMRES, MINRES): the initial guess, its residual, and the loop."""
+    check = true_residual_check(b, mv, tol, squared=False)
+    x0, r0 = initial_guess(options, xs, b, mv)
+    rnorm0 = norm(r0)
+    return refine(
+        inner, check, x0, (r0, rnorm0), rnorm0 <= tol, rnorm0[None], max_steps, fixed=fixed
+    )

@@ -177,19 +177,8 @@ class GMRES(AbstractLinearSolver):
             x = K.add(x, apply_m(_combine(y, head)))
             return x, k, jnp.logical_not(ok), None
 
-        check = K.true_residual_check(b, mv, tol, squared=False)
-
-        x0, r0 = K.initial_guess(options, xs, b, mv)
-        rnorm0 = K.norm(r0)
-        x, result, stats = K.refine(
-            inner,
-            check,
-            x0,
-            (r0, rnorm0),
-            rnorm0 <= tol,
-            rnorm0[None],
-            max_steps,
-            fixed=K.fixed_iterations(self.rtol, self.atol),
+        x, result, stats = K.refine_from_residual(
+            inner, b, mv, tol, options, xs, max_steps, K.fixed_iterations(self.rtol, self.atol)
         )
         return xs.unpack_solution(x), result, stats
 

@@ -163,19 +163,8 @@ class MINRES(AbstractLinearSolver):
             out = lax.while_loop(cond, body, init)
             return out[0], out[14], jnp.logical_not(out[15]), None
 
-        check = K.true_residual_check(b, mv, tol, squared=False)
-
-        x0, r0 = K.initial_guess(options, xs, b, mv)
-        rnorm0 = K.norm(r0)
-        x, result, stats = K.refine(
-            inner,
-            check,
-            x0,
-            (r0, rnorm0),
-            rnorm0 <= tol,
-            rnorm0[None],
-            max_steps,
-            fixed=K.fixed_iterations(self.rtol, self.atol),
+        x, result, stats = K.refine_from_residual(
+            inner, b, mv, tol, options, xs, max_steps, K.fixed_iterations(self.rtol, self.atol)
         )
         return xs.unpack_solution(x), result, stats
 
