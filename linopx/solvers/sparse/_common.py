@@ -67,7 +67,7 @@ def note_freed(nbytes: int) -> None:
     glibc raises its mmap threshold each time a large mmapped block is freed (up to 32 MiB), after
     which factors of that size come from the heap; the heap fragments between long-lived arrays and
     resident memory creeps up over thousands of factorizations although nothing is leaked (measured
-    here: +450 MiB over 600 solves of a 150x150 Poisson matrix, flat with `malloc_trim`).
+    here: +310 MiB over 600 solves of a 150x150 Poisson matrix, flat with `malloc_trim`).
     `malloc_trim(0)` costs about 0.4 ms in a JAX process, so it runs once per 64 MiB of factors
     freed, not per factor. A no-op off glibc."""
     global _freed
