@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 
 from . import _solve
-from .autodiff import primitive
+from .autodiff import _checks, primitive
 from .solvers.sparse import _solver as sparse
 
 
@@ -25,6 +25,7 @@ def clear_caches() -> None:
     _solve._EAGER_SOLVES.clear()
     primitive._TRACE_CACHE.clear()
     primitive._EAGER_CACHE.clear()
+    _checks.EAGER_CHECKS.clear()
     # Compiled programs can sit in reference cycles (a jitted function and the closure it
     # traced): collect them before handing the C heap back.
     gc.collect()

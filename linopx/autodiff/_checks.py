@@ -26,6 +26,7 @@ from jax.interpreters import ad, batching, mlir
 
 from .. import _tree
 from .._compat import enum_index, enum_message, silence_callback_log
+from .._lru import LRUCache
 from .._solution import RESULTS, LinearSolveError
 
 _SUCCESSFUL = int(enum_index(RESULTS.successful))
@@ -164,10 +165,13 @@ def _check_lowering(ctx, *args, **params):
     return mlir.lower_fun(fn, multiple_results=True)(ctx, *args)
 
 
-@functools.lru_cache(maxsize=64)
+# Compiled eager checks, one per parameter set (see `_check_impl`); `lx.clear_caches()` empties it.
+EAGER_CHECKS = LRUCache(64)
+
+
 def _check_eager(params: tuple):
     kw = dict(params)
-    return jax.jit(lambda *xs: check_p.bind(*xs, **kw))
+    return EAGER_CHECKS.get(params, lambda: jax.jit(lambda *xs: check_p.bind(*xs, **kw)))
 
 
 def _check_impl(*args, **params):

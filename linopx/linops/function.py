@@ -26,16 +26,21 @@ def matrix_from_mv(mv: Callable, in_structure: Any, out_structure: Any) -> jax.A
     return jax.vmap(column, out_axes=1)(basis)
 
 
+def _non_inexact_leaf(frozen: tuple):
+    """The first integer or boolean leaf of a frozen structure, or None."""
+    return next((x for x in frozen[0] if not jnp.issubdtype(x.dtype, jnp.inexact)), None)
+
+
 def _check_inexact_output(frozen: tuple, name: str, what: str) -> None:
     """Raise if a linear map's output has an integer or boolean leaf: such a map is not linear (and
     has no derivative to apply), so it is a mistake, not something to cast."""
-    for leaf in frozen[0]:
-        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-            raise ValueError(
-                f"{name}: {what} returns a leaf of dtype {leaf.dtype} (shape {leaf.shape}); a linear "
-                "map returns floating or complex arrays. Return e.g. `y.astype(jnp.float64)`, or "
-                "drop the rounding/comparison that made the output an integer."
-            )
+    leaf = _non_inexact_leaf(frozen)
+    if leaf is not None:
+        raise ValueError(
+            f"{name}: {what} returns a leaf of dtype {leaf.dtype} (shape {leaf.shape}); a linear "
+            "map returns floating or complex arrays. Return e.g. `y.astype(jnp.float64)`, or "
+            "drop the rounding/comparison that made the output an integer."
+        )
 
 
 class FunctionLinearOperator(AbstractLinearOperator):
@@ -65,13 +70,13 @@ class FunctionLinearOperator(AbstractLinearOperator):
     def __init__(self, fn: Callable, input_structure: Any, tags: Any = ()):
         input_frozen = _tree.freeze_structure(input_structure)
         input_structure = _tree.thaw_structure(input_frozen)
-        for leaf in input_frozen[0]:
-            if not jnp.issubdtype(leaf.dtype, jnp.inexact):
-                raise ValueError(
-                    f"FunctionLinearOperator: input dtype {leaf.dtype} is not floating or complex; "
-                    "linear operators act on inexact vectors. Pass `input_structure` as a pytree of "
-                    "`jax.ShapeDtypeStruct(shape, jnp.float64)` (or another float or complex dtype)."
-                )
+        leaf = _non_inexact_leaf(input_frozen)
+        if leaf is not None:
+            raise ValueError(
+                f"FunctionLinearOperator: input dtype {leaf.dtype} is not floating or complex; "
+                "linear operators act on inexact vectors. Pass `input_structure` as a pytree of "
+                "`jax.ShapeDtypeStruct(shape, jnp.float64)` (or another float or complex dtype)."
+            )
         if not callable(fn):
             raise TypeError(
                 f"FunctionLinearOperator needs a function as `fn`, got {type(fn).__name__}; for a "

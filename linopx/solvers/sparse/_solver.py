@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import equinox as eqx
@@ -16,6 +14,7 @@ import numpy as np
 
 from ... import _tree
 from ..._compat import silence_callback_log
+from ..._lru import LRUCache
 from ..._solution import RESULTS
 from ...linops.composite import TaggedLinearOperator
 from ...linops.functions import is_positive_semidefinite, is_symmetric
@@ -313,9 +312,7 @@ class SparsePatternError(ValueError):
 
 silence_callback_log(SparsePatternError)  # the error says it all; no traceback dump on stderr
 
-_PATTERNS_LOCK = threading.Lock()
-_PATTERNS: OrderedDict = OrderedDict()
-_MAX_PATTERNS = 32
+_PATTERNS = LRUCache(32)
 
 
 def _pattern_of(rows: np.ndarray, cols: np.ndarray, shape: tuple) -> SparsityPattern:
@@ -323,21 +320,16 @@ def _pattern_of(rows: np.ndarray, cols: np.ndarray, shape: tuple) -> SparsityPat
     of the index bytes (the last 32), so a pattern seen before brings back its analysis: layouts,
     orderings, symmetric structure, and the factorization cache's keys. Out-of-range indices raise
     here, the first place a traced pattern is concrete."""
+
+    def build():
+        check_index_range(rows, cols, shape, SparsePatternError)
+        return SparsityPattern(rows, cols, shape)
+
     key = (shape, rows.dtype.str, cols.dtype.str, digest(rows) + digest(cols))
-    with _PATTERNS_LOCK:
-        pattern = _PATTERNS.get(key)
-        if pattern is not None and np.array_equal(pattern.rows, rows) and np.array_equal(
-            pattern.cols, cols
-        ):
-            _PATTERNS.move_to_end(key)
-            return pattern
-    check_index_range(rows, cols, shape, SparsePatternError)
-    pattern = SparsityPattern(rows, cols, shape)
-    with _PATTERNS_LOCK:
-        _PATTERNS[key] = pattern
-        while len(_PATTERNS) > _MAX_PATTERNS:
-            _PATTERNS.popitem(last=False)
-    return pattern
+    pattern = _PATTERNS.get(key, build)
+    if np.array_equal(pattern.rows, rows) and np.array_equal(pattern.cols, cols):
+        return pattern
+    return build()  # a digest collision: never trust it
 
 
 def _host_solve_traced(
@@ -380,8 +372,7 @@ def clear_cache() -> None:
 def clear_patterns() -> None:
     """Forget the traced patterns rebuilt on the host (and their layouts); `lx.clear_caches()`
     calls this. `clear_cache()` keeps them, as a concrete pattern keeps its own analysis."""
-    with _PATTERNS_LOCK:
-        _PATTERNS.clear()
+    _PATTERNS.clear()
 
 
 def set_cache_limits(max_entries: int | None = None, max_bytes: int | None = None) -> None:
