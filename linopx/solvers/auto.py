@@ -151,6 +151,12 @@ class AutoLinearSolver(AbstractLinearSolver):
         inner, options = state.solver.conj(state.state, options)
         return _AutoState(state.solver, inner), options
 
+    def logdet(self, state: _AutoState, options):
+        return state.solver.logdet(state.state, options)
+
+    def logdet_tangent(self, state: _AutoState, operator, tangent, options):
+        return state.solver.logdet_tangent(state.state, operator, tangent, options)
+
     def allow_dependent_rows(self, operator):
         return self.select_solver(operator).allow_dependent_rows(operator)
 

@@ -6,6 +6,8 @@ import abc
 from typing import Any, ClassVar, TypeAlias
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
@@ -59,6 +61,51 @@ class AbstractLinearSolver(eqx.Module):
     @abc.abstractmethod
     def allow_dependent_columns(self, operator: AbstractLinearOperator) -> bool:
         """Return whether the solver gives the pseudoinverse solution when `A`'s columns are dependent."""
+
+    # -----------------------------------------------------------------------------------------
+    # Optional: log-determinants (`lx.slogdet`)
+
+    def logdet(self, state: State, options: Options) -> tuple[Any, Any]:
+        """Optional. Return `(sign, logabsdet)` of the (square) operator that `state` was made
+        from, read off the factorization in `state`, as `jnp.linalg.slogdet` gives them: `sign` in
+        the operator's dtype (`±1`, or a unit-modulus phase for complex; `0` for a singular
+        matrix, with `logabsdet = -inf`), `logabsdet` real. Runs under `jit` and `vmap`.
+
+        A solver that implements this gets `lx.slogdet` with `jit`, `vmap` and derivatives: the
+        derivative comes from `logdet_tangent`, whose default reuses `compute`."""
+        raise NotImplementedError
+
+    def logdet_tangent(
+        self,
+        state: State,
+        operator: AbstractLinearOperator,
+        tangent: Any,
+        options: Options,
+    ) -> Any:
+        """Optional. Return `tr(A⁻¹ A')`, the derivative of `log det A` in the direction `A'`.
+
+        `tangent(fn)` returns the JVP of `fn(operator)` in the direction `A'` (for example
+        `tangent(lambda op: op.as_matrix())` is the matrix of `A'`). The result must be linear in
+        what `tangent` returns, with everything else computed from `state` and `operator` alone,
+        so that reverse mode can transpose it.
+
+        The default forms `A⁻¹` with `compute` (one solve per column, reusing the state) and pairs
+        it with the matrix of `A'`: `O(n³)` time and `O(n²)` memory, right for dense operators.
+        Structured and sparse solvers override it (nothing `n x n` is then formed)."""
+        from ._misc import flat, unflat
+
+        n = operator.in_size()
+        out_structure = operator.out_structure()
+        dtype = jnp.result_type(*(s.dtype for s in jax.tree_util.tree_leaves(out_structure)))
+        eye = jnp.eye(n, dtype=dtype)
+
+        def column(e):
+            value, _, _ = self.compute(state, unflat(e, out_structure), options)
+            return flat(value)
+
+        inverse = jax.lax.stop_gradient(jax.vmap(column, out_axes=1)(eye))  # A⁻¹, (n, n)
+        a_dot = tangent(lambda op: op.as_matrix())
+        return jnp.sum(inverse.T * a_dot.astype(jnp.result_type(inverse, a_dot)))
 
     def assume_full_rank(self, operator: AbstractLinearOperator | None = None) -> bool:
         """Whether the solver assumes full rank (rank `min(m, n)`): Lineax's name for what

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..linops.functions import diagonal, is_diagonal
+from ._logdet import slogdet_from_diagonal
 from ._misc import (
     check_rcond,
     check_square,
@@ -71,13 +72,27 @@ class Diagonal(AbstractLinearSolver):
                 rcond = jnp.finfo(d.dtype).eps * d.shape[0]
             tiny = jnp.abs(d) <= rcond * jnp.max(jnp.abs(d), initial=0.0)
             x = jnp.where(tiny, 0, b / jnp.where(tiny, 1, d))
-        return unflat(x, solution_structure(state.structs, x.dtype)), finite_factor_result(d, solution=x), {}
+        return (
+            unflat(x, solution_structure(state.structs, x.dtype)),
+            finite_factor_result(d, solution=x),
+            {},
+        )
 
     def transpose(self, state, options):
         return _DiagonalState(state.diagonal, swap(state.structs)), options
 
     def conj(self, state, options):
         return _DiagonalState(jnp.conj(state.diagonal), state.structs), options
+
+    def logdet(self, state: _DiagonalState, options):
+        return slogdet_from_diagonal(state.diagonal)
+
+    def logdet_tangent(self, state: _DiagonalState, operator, tangent, options):
+        # A⁻¹ is diagonal, so tr(A⁻¹ A') = Σ A'_ii / d_i: O(n), whatever A' is off the diagonal.
+        d = jax.lax.stop_gradient(state.diagonal)
+        d_dot = tangent(diagonal)
+        dtype = jnp.result_type(d, d_dot)
+        return jnp.sum(d_dot.astype(dtype) / d.astype(dtype))
 
     def allow_dependent_rows(self, operator):
         return not self.well_posed

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 from jax.lax.linalg import lu as lax_lu
 from jax.lax.linalg import triangular_solve
 
+from ._logdet import pair as _pair
+from ._logdet import pivot_sign, slogdet_from_diagonal
 from ._misc import (
     check_square,
     matrix_diagonal,
@@ -24,6 +26,7 @@ from .base import AbstractLinearSolver
 class _LUState(eqx.Module):
     lu: jax.Array
     perm: jax.Array
+    pivots: jax.Array  # getrf's row interchanges (for the determinant's sign)
     transposed: bool = eqx.field(static=True)
     structs: tuple = eqx.field(static=True)
 
@@ -63,8 +66,8 @@ class LU(AbstractLinearSolver):
 
     def init(self, operator, options):
         check_square(operator, "LU")
-        lu, _, perm = lax_lu(operator.as_matrix())
-        return _LUState(lu, perm, False, structures(operator))
+        lu, pivots, perm = lax_lu(operator.as_matrix())
+        return _LUState(lu, perm, pivots, False, structures(operator))
 
     def compute(self, state: _LUState, vector, options):
         b = rhs(vector, state.lu.dtype)
@@ -73,11 +76,25 @@ class LU(AbstractLinearSolver):
         return unflat(x, solution_structure(state.structs, x.dtype)), result, {}
 
     def transpose(self, state: _LUState, options):
-        return _LUState(state.lu, state.perm, not state.transposed, swap(state.structs)), options
+        return (
+            _LUState(state.lu, state.perm, state.pivots, not state.transposed, swap(state.structs)),
+            options,
+        )
 
     def conj(self, state: _LUState, options):
         # conj(P A) = P conj(L) conj(U): conjugate the factors and keep the transposition flag.
         return eqx.tree_at(lambda s: s.lu, state, jnp.conj(state.lu)), options
+
+    def logdet(self, state: _LUState, options):
+        # det A = det(P)⁻¹ Π U_ii (L has a unit diagonal); det Aᵀ = det A.
+        d = matrix_diagonal(state.lu)
+        return slogdet_from_diagonal(d, pivot_sign(state.pivots, d.dtype))
+
+    def logdet_tangent(self, state: _LUState, operator, tangent, options):
+        # tr(A⁻¹ A') = Σ (A⁻ᵀ)_ij A'_ij, with A⁻ᵀ from the factors (n right-hand sides at once).
+        eye = jnp.eye(state.lu.shape[0], dtype=state.lu.dtype)
+        inv_t = jax.lax.stop_gradient(lu_solve(state.lu, state.perm, eye, not state.transposed))
+        return _pair(inv_t, tangent(lambda op: op.as_matrix()))
 
     def allow_dependent_rows(self, operator):
         return False

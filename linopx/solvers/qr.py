@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax.lax.linalg import ormqr, triangular_solve
 
 from .._compat import geqp3, geqrf
+from ._logdet import slogdet_from_diagonal
 from ._misc import (
     check_rcond,
     finite_factor_result,
@@ -101,6 +102,28 @@ class QR(AbstractLinearSolver):
     def conj(self, state: _QRState, options):
         return _QRState(jnp.conj(state.h), jnp.conj(state.taus), state.mode, state.structs), options
 
+    def logdet(self, state: _QRState, options):
+        # Square only. The factored matrix M (A, or Aᴴ after a transpose) is H_0 ⋯ H_{n-1} R with
+        # Householder reflectors H_i = I - τ_i v_i v_iᴴ (v_i = [0, …, 1, h[i+1:, i]]), whose
+        # determinants are 1 - τ_i |v_i|² (-1 for a real reflection, 1 for τ = 0).
+        p, q = state.h.shape
+        if p != q:
+            raise ValueError(
+                f"QR: a log-determinant needs a square operator, got {p} x {q} (after any "
+                "transpose)."
+            )
+        h, taus = state.h, state.taus
+        below = jnp.tril(h, -1)
+        norms = 1 + jnp.sum(jnp.abs(below) ** 2, axis=0)[: taus.shape[0]]
+        reflections = 1 - taus * norms.astype(taus.dtype)
+        sign, logabsdet = slogdet_from_diagonal(matrix_diagonal(h))
+        q_det = jnp.prod(reflections)
+        q_det = q_det / jnp.abs(q_det)
+        sign = sign * q_det.astype(sign.dtype)
+        if state.mode == "mn":  # A = Mᴴ: det A = conj(det M)
+            sign = jnp.conj(sign)
+        return sign, logabsdet
+
     def allow_dependent_rows(self, operator):
         return operator.out_size() > operator.in_size()
 
@@ -187,8 +210,15 @@ class PivotedQR(AbstractLinearSolver):
         conj = jnp.conj
         return (
             _PivotedQRState(
-                conj(state.h1), conj(state.taus1), conj(state.h2), conj(state.taus2), conj(state.t),
-                state.perm, state.mask, state.transposed, state.structs,
+                conj(state.h1),
+                conj(state.taus1),
+                conj(state.h2),
+                conj(state.taus2),
+                conj(state.t),
+                state.perm,
+                state.mask,
+                state.transposed,
+                state.structs,
             ),
             options,
         )
@@ -202,6 +232,13 @@ class PivotedQR(AbstractLinearSolver):
 
 def _flip(state: _PivotedQRState) -> _PivotedQRState:
     return _PivotedQRState(
-        state.h1, state.taus1, state.h2, state.taus2, state.t, state.perm, state.mask,
-        not state.transposed, swap(state.structs),
+        state.h1,
+        state.taus1,
+        state.h2,
+        state.taus2,
+        state.t,
+        state.perm,
+        state.mask,
+        not state.transposed,
+        swap(state.structs),
     )

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from jax.lax.linalg import triangular_solve
 
 from ..linops.functions import has_unit_diagonal, is_lower_triangular, is_upper_triangular
+from ._logdet import slogdet_from_diagonal
 from ._misc import (
     check_square,
     finite_factor_result,
@@ -78,6 +79,15 @@ class Triangular(AbstractLinearSolver):
 
     def conj(self, state: _TriangularState, options):
         return eqx.tree_at(lambda s: s.matrix, state, jnp.conj(state.matrix)), options
+
+    def logdet(self, state: _TriangularState, options):
+        # The determinant of a triangular matrix is the product of its diagonal (1 with a unit
+        # diagonal). The derivative is the default's, tr(A⁻¹ A') with the full A' (as for
+        # `jnp.linalg.slogdet`): A' need not be triangular.
+        d = matrix_diagonal(state.matrix)
+        if state.unit_diagonal:
+            d = jnp.ones_like(d)
+        return slogdet_from_diagonal(d)
 
     def allow_dependent_rows(self, operator):
         return False
