@@ -11,11 +11,9 @@ from .lsmr import LSMR as LSMR
 from .lsqr import LSQR as LSQR
 from .lu import LU as LU
 from .minres import MINRES as MINRES
-from .normal import Normal as Normal
-from .normal import NormalCG as NormalCG
+from .normal import Normal as Normal, NormalCG as NormalCG
 from .preconditioners import jacobi_preconditioner as jacobi_preconditioner
-from .qr import QR as QR
-from .qr import PivotedQR as PivotedQR
+from .qr import PivotedQR as PivotedQR, QR as QR
 from .sparse import SparseLU as SparseLU
 from .svd import SVD as SVD
 from .triangular import Triangular as Triangular

@@ -417,7 +417,7 @@ def default_max_steps(max_steps: int | None, size: int, factor: int = 10) -> int
 # The outer (true-residual) loop
 
 
-def initial_guess(options: dict, xs: Space, b: Any, mv: Callable) -> tuple[Any, Any]:
+def initial_guess(options: dict, xs: "Space", b: Any, mv: Callable) -> tuple[Any, Any]:
     """`(x0, r0)`: the initial guess from `options["y0"]` (zero by default) and its residual
     `b - A x0` (no product for a zero guess)."""
     y0 = options.get("y0")
@@ -527,7 +527,7 @@ def refine_from_residual(
     mv: Callable,
     tol: jax.Array,
     options: dict,
-    xs: Space,
+    xs: "Space",
     max_steps: int,
     fixed: bool,
 ) -> tuple[Any, Any, dict]:

@@ -8,9 +8,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 
-from .._solution import RESULTS
 from ..linops.functions import is_negative_semidefinite, is_positive_semidefinite
 from . import _krylov as K
+from .._solution import RESULTS
 from ._misc import check_square
 from .base import AbstractLinearSolver
 

@@ -117,9 +117,7 @@ class Normal(AbstractLinearSolver):
 
     def __check_init__(self):
         if not isinstance(self.inner_solver, AbstractLinearSolver):
-            raise TypeError(
-                "Normal(inner_solver) needs a linopx solver, e.g. `lx.Normal(lx.Cholesky())`."
-            )
+            raise TypeError("Normal(inner_solver) needs a linopx solver, e.g. `lx.Normal(lx.Cholesky())`.")
 
     def init(self, operator, options):
         K.check_options("Normal", operator, options, least_squares=False)
@@ -161,9 +159,9 @@ class Normal(AbstractLinearSolver):
     def _inner_allows_singular(self, operator) -> bool:
         tall = operator.out_size() >= operator.in_size()
         normal = _normal_operator(operator, tall)
-        return self.inner_solver.allow_dependent_rows(
+        return self.inner_solver.allow_dependent_rows(normal) and self.inner_solver.allow_dependent_columns(
             normal
-        ) and self.inner_solver.allow_dependent_columns(normal)
+        )
 
     def allow_dependent_rows(self, operator):
         return operator.out_size() > operator.in_size() or self._inner_allows_singular(operator)
