@@ -19,6 +19,7 @@ from ._solve import (
     _is_empty,
     _stop_gradient,
 )
+from .autodiff.primitive import bind_solve
 from .linops.base import AbstractLinearOperator
 from .linops.functions import is_positive_semidefinite
 from .solvers._misc import flat, unflat
@@ -54,7 +55,8 @@ class Hutchinson(eqx.Module):
 
 class StochasticLanczos(eqx.Module):
     """Opt-in: estimate `log det A` of a matrix-free symmetric positive definite operator by
-    stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017), and its derivative with the same probes.
+    stochastic Lanczos quadrature (Ubaru, Chen & Saad 2017), and its derivative with the same
+    probes.
 
     For each of `num_probes` Rademacher probes `z` (drawn from `key`), `num_steps` steps of Lanczos
     (with full reorthogonalisation) started at `z` give a Gauss quadrature of `zᵀ log(A) z`;
@@ -241,7 +243,7 @@ def _slogdet_jvp(primals, tangents, *, state, options, solver):
     t = jnp.asarray(t)
     d_logabsdet = jnp.real(t).astype(logabsdet.dtype)
     if jnp.iscomplexobj(sign):
-        d_sign = (sign * (1j * jnp.imag(t))).astype(sign.dtype)
+        d_sign = sign * jax.lax.complex(jnp.zeros_like(jnp.imag(t)), jnp.imag(t)).astype(sign.dtype)
     else:
         d_sign = None
     return (sign, logabsdet), (d_sign, d_logabsdet)
@@ -269,13 +271,15 @@ def _hutchinson_tangent(estimator, solver, state, operator, tangent, options):
     n = operator.in_size()
     z = _probes(estimator.key, estimator.num_probes, n, dtype)
     state_t, options_t = solver.transpose(state, options)
+    operator_t = operator.transpose()
 
     def solve_t(zi):
-        value, _, _ = solver.compute(state_t, unflat(zi, out_structure), options_t)
-        return flat(value, dtype)
+        value = bind_solve(operator_t, state_t, unflat(zi, out_structure), options_t, solver, False)
+        return flat(value[0], dtype)
 
-    # u = A⁻ᵀ z: primal-only work (one transposed solve per probe, with the existing state).
-    u = jax.lax.stop_gradient(jax.vmap(solve_t)(z))
+    # u = A⁻ᵀ z: one transposed solve per probe with the existing state (through the solve
+    # primitive, so that the estimate can be differentiated again).
+    u = jax.vmap(solve_t)(z)
     # A' z for every probe: linear in the tangent, so reverse mode transposes it (for a sparse
     # operator onto its nonzeros only).
     a_dot_z = jax.vmap(lambda zi: flat(tangent(lambda op: op.mv(unflat(zi, in_structure))), dtype))(

@@ -13,8 +13,9 @@ def slogdet_from_diagonal(d: jax.Array, sign: jax.Array | None = None):
     absd = jnp.abs(d)
     logabsdet = jnp.sum(jnp.log(absd))
     if jnp.iscomplexobj(d):
-        phase = jnp.prod(d / jnp.where(absd == 0, 1, absd))
-        phase = phase / jnp.abs(phase)  # keep it on the unit circle after many products
+        phase = jnp.prod(d / jnp.where(absd == 0, 1, absd).astype(d.dtype))
+        # Back onto the unit circle after many products.
+        phase = phase / jnp.abs(phase).astype(phase.dtype)
     else:
         phase = jnp.prod(jnp.sign(d))
     if sign is not None:
@@ -63,7 +64,7 @@ def tridiagonal_slogdet(d: jax.Array, lower: jax.Array, upper: jax.Array):
     absd = jnp.abs(theta)
     logabsdet = logscale + jnp.log(absd)
     if jnp.iscomplexobj(theta):
-        sign = theta / jnp.where(absd == 0, 1, absd)
+        sign = theta / jnp.where(absd == 0, 1, absd).astype(dtype)
     else:
         sign = jnp.sign(theta)
     return sign.astype(dtype), logabsdet.astype(real)
@@ -83,6 +84,25 @@ def _rescale(mats: jax.Array, logscale: jax.Array):
     return mats * scale[:, None, None], logscale + jnp.sum(exponent).astype(real) * jnp.log(
         jnp.asarray(2, real)
     )
+
+
+def inverse_transpose(solver, state, operator, options) -> jax.Array:
+    """`A⁻ᵀ` as an `(out_size, in_size)` matrix (the layout of `operator.as_matrix()`), from one
+    batched solve with the identity's columns through the solve primitive: it reuses `state`, and
+    its derivative with respect to the operator is the pseudoinverse derivative, so a tangent
+    built on it can be differentiated again."""
+    from ..autodiff.primitive import bind_solve
+    from ._misc import flat, unflat
+
+    out_structure = operator.out_structure()
+    dtype = jnp.result_type(*(s.dtype for s in jax.tree_util.tree_leaves(out_structure)))
+    eye = jnp.eye(operator.out_size(), dtype=dtype)
+
+    def column(e):  # A⁻¹ e
+        value = bind_solve(operator, state, unflat(e, out_structure), options, solver, False)[0]
+        return flat(value)
+
+    return jax.vmap(column, out_axes=0)(eye)  # row j is (A⁻¹ e_j)ᵀ: the matrix is (A⁻¹)ᵀ
 
 
 def pair(inverse_transpose: jax.Array, a_dot: jax.Array) -> jax.Array:

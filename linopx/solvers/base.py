@@ -6,8 +6,6 @@ import abc
 from typing import Any, ClassVar, TypeAlias
 
 import equinox as eqx
-import jax
-import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
 
@@ -86,26 +84,20 @@ class AbstractLinearSolver(eqx.Module):
 
         `tangent(fn)` returns the JVP of `fn(operator)` in the direction `A'` (for example
         `tangent(lambda op: op.as_matrix())` is the matrix of `A'`). The result must be linear in
-        what `tangent` returns, with everything else computed from `state` and `operator` alone,
-        so that reverse mode can transpose it.
+        what `tangent` returns, so that reverse mode can transpose it; what it multiplies should
+        depend on `operator` differentiably (not only on `state`, which carries no derivative),
+        so that second derivatives are right.
 
-        The default forms `A⁻¹` with `compute` (one solve per column, reusing the state) and pairs
-        it with the matrix of `A'`: `O(n³)` time and `O(n²)` memory, right for dense operators.
-        Structured and sparse solvers override it (nothing `n x n` is then formed)."""
-        from ._misc import flat, unflat
+        The default forms `A⁻¹` by solving with the identity's columns through `lx.linear_solve`'s
+        primitive (reusing `state`: one batched solve, no refactorization; differentiable, so
+        higher derivatives come out right) and pairs it with the matrix of `A'`: `O(n³)` time and
+        `O(n²)` memory, right for dense operators. Structured and sparse solvers override it."""
+        from ._logdet import inverse_transpose, pair
 
-        n = operator.in_size()
-        out_structure = operator.out_structure()
-        dtype = jnp.result_type(*(s.dtype for s in jax.tree_util.tree_leaves(out_structure)))
-        eye = jnp.eye(n, dtype=dtype)
-
-        def column(e):
-            value, _, _ = self.compute(state, unflat(e, out_structure), options)
-            return flat(value)
-
-        inverse = jax.lax.stop_gradient(jax.vmap(column, out_axes=1)(eye))  # A⁻¹, (n, n)
-        a_dot = tangent(lambda op: op.as_matrix())
-        return jnp.sum(inverse.T * a_dot.astype(jnp.result_type(inverse, a_dot)))
+        return pair(
+            inverse_transpose(self, state, operator, options),
+            tangent(lambda op: op.as_matrix()),
+        )
 
     def assume_full_rank(self, operator: AbstractLinearOperator | None = None) -> bool:
         """Whether the solver assumes full rank (rank `min(m, n)`): Lineax's name for what

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 from jax.lax.linalg import cholesky, triangular_solve
 
 from ..linops.functions import is_negative_semidefinite, is_positive_semidefinite
-from ._logdet import pair as _pair
 from ._logdet import slogdet_from_diagonal
 from ._misc import (
     check_square,
@@ -86,16 +85,6 @@ class Cholesky(AbstractLinearSolver):
         if state.negative and n % 2:
             sign = -sign
         return sign.astype(state.factor.dtype), 2 * half
-
-    def logdet_tangent(self, state: _CholeskyState, operator, tangent, options):
-        # A⁻ᵀ = conj(A⁻¹) (A is Hermitian), from two triangular solves with n right-hand sides.
-        L = state.factor
-        eye = jnp.eye(L.shape[0], dtype=L.dtype)
-        y = triangular_solve(L, eye, left_side=True, lower=True)
-        inv = triangular_solve(L, y, left_side=True, lower=True, transpose_a=True, conjugate_a=True)
-        if state.negative:
-            inv = -inv
-        return _pair(jax.lax.stop_gradient(jnp.conj(inv)), tangent(lambda op: op.as_matrix()))
 
     def allow_dependent_rows(self, operator):
         return False

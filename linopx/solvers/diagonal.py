@@ -89,7 +89,8 @@ class Diagonal(AbstractLinearSolver):
 
     def logdet_tangent(self, state: _DiagonalState, operator, tangent, options):
         # A⁻¹ is diagonal, so tr(A⁻¹ A') = Σ A'_ii / d_i: O(n), whatever A' is off the diagonal.
-        d = jax.lax.stop_gradient(state.diagonal)
+        # `d` is read from the operator (not the state), so that it carries derivatives.
+        d = diagonal(operator)
         d_dot = tangent(diagonal)
         dtype = jnp.result_type(d, d_dot)
         return jnp.sum(d_dot.astype(dtype) / d.astype(dtype))

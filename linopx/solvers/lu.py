@@ -8,7 +8,6 @@ import jax.numpy as jnp
 from jax.lax.linalg import lu as lax_lu
 from jax.lax.linalg import triangular_solve
 
-from ._logdet import pair as _pair
 from ._logdet import pivot_sign, slogdet_from_diagonal
 from ._misc import (
     check_square,
@@ -89,12 +88,6 @@ class LU(AbstractLinearSolver):
         # det A = det(P)⁻¹ Π U_ii (L has a unit diagonal); det Aᵀ = det A.
         d = matrix_diagonal(state.lu)
         return slogdet_from_diagonal(d, pivot_sign(state.pivots, d.dtype))
-
-    def logdet_tangent(self, state: _LUState, operator, tangent, options):
-        # tr(A⁻¹ A') = Σ (A⁻ᵀ)_ij A'_ij, with A⁻ᵀ from the factors (n right-hand sides at once).
-        eye = jnp.eye(state.lu.shape[0], dtype=state.lu.dtype)
-        inv_t = jax.lax.stop_gradient(lu_solve(state.lu, state.perm, eye, not state.transposed))
-        return _pair(inv_t, tangent(lambda op: op.as_matrix()))
 
     def allow_dependent_rows(self, operator):
         return False

@@ -118,7 +118,7 @@ class QR(AbstractLinearSolver):
         reflections = 1 - taus * norms.astype(taus.dtype)
         sign, logabsdet = slogdet_from_diagonal(matrix_diagonal(h))
         q_det = jnp.prod(reflections)
-        q_det = q_det / jnp.abs(q_det)
+        q_det = q_det / jnp.abs(q_det).astype(q_det.dtype)
         sign = sign * q_det.astype(sign.dtype)
         if state.mode == "mn":  # A = Mᴴ: det A = conj(det M)
             sign = jnp.conj(sign)

@@ -87,15 +87,16 @@ class Tridiagonal(AbstractLinearSolver):
             # A dense matrix tagged tridiagonal may be perturbed off the band, where A⁻¹ is not
             # zero: the default (dense, O(n³)) pairing is the derivative then.
             return super().logdet_tangent(state, operator, tangent, options)
-        # The derivative of the O(n) product, in O(n): A' lives on the band.
-        primals = jax.lax.stop_gradient((state.diagonal, state.lower, state.upper))
+        # The derivative of the O(n) product, in O(n): A' lives on the band. The band is read from
+        # the operator (not the state), so that it carries derivatives (second ones included).
+        primals = tridiagonal(operator)
         dots = tangent(tridiagonal)
         dtype = jnp.result_type(*primals, *dots)
         primals = tuple(p.astype(dtype) for p in primals)
         dots = tuple(t.astype(dtype) for t in dots)
         (sign, _), (d_sign, d_log) = jax.jvp(tridiagonal_slogdet, primals, dots)
         if jnp.iscomplexobj(sign):
-            return d_log + 1j * jnp.imag(jnp.conj(sign) * d_sign)
+            return jax.lax.complex(d_log, jnp.imag(jnp.conj(sign) * d_sign))
         return d_log
 
     def allow_dependent_rows(self, operator):
