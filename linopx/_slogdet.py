@@ -295,30 +295,31 @@ def _lanczos_slogdet(operator, estimator: StochasticLanczos):
     real = jnp.finfo(dtype).dtype
     n = operator.in_size()
     steps = min(estimator.num_steps, n)
-    probe_key, restart_key = jax.random.split(estimator.key)
-    z = _probes(probe_key, estimator.num_probes, n, dtype)
-    restarts = jax.random.normal(restart_key, (steps, n), real).astype(dtype)
+    z = _probes(estimator.key, estimator.num_probes, n, dtype)
 
     def mv(v):
         return flat(operator.mv(unflat(v, in_structure)), dtype)
 
     def quadrature(zi):
-        alpha, beta = _lanczos(mv, zi, steps, restarts)
+        alpha, beta = _lanczos(mv, zi, steps)
         t = jnp.diag(alpha) + jnp.diag(beta, 1) + jnp.diag(beta, -1)
         theta, vecs = jnp.linalg.eigh(t)
         weights = jnp.abs(vecs[0]) ** 2
-        # zᵀ log(A) z ≈ |z|² Σ_k w_k log θ_k (Gauss quadrature of the spectral measure of z).
-        return jnp.sum(jnp.abs(zi) ** 2).real * jnp.sum(weights * jnp.log(theta))
+        # zᵀ log(A) z ≈ |z|² Σ_k w_k log θ_k (Gauss quadrature of the spectral measure of z); the
+        # zero rows after a breakdown carry no weight.
+        terms = jnp.where(weights > 0, weights * jnp.log(jnp.where(theta > 0, theta, 1)), 0)
+        terms = jnp.where((weights > jnp.finfo(real).eps) & (theta <= 0), jnp.nan, terms)
+        return jnp.sum(jnp.abs(zi) ** 2).real * jnp.sum(terms)
 
     logabsdet = jnp.mean(jax.vmap(quadrature)(z)).astype(real)
     return jnp.ones((), dtype), logabsdet
 
 
-def _lanczos(mv, z, steps: int, restarts):
+def _lanczos(mv, z, steps: int):
     """`steps` steps of Lanczos from `z` with full reorthogonalisation; returns the tridiagonal
-    `(alpha (steps,), beta (steps-1,))`. On breakdown (an invariant subspace found) the next basis
-    vector is a fresh direction orthogonalised against the basis, and its coupling `beta` is zero,
-    so that the quadrature is unaffected (the start vector has no weight there)."""
+    `(alpha (steps,), beta (steps-1,))`. On breakdown (an invariant subspace found: the quadrature
+    is then exact) the remaining steps run on the zero vector, adding decoupled zero rows whose
+    quadrature weights are zero."""
     n = z.shape[0]
     dtype = z.dtype
     real = jnp.finfo(dtype).dtype
@@ -326,26 +327,20 @@ def _lanczos(mv, z, steps: int, restarts):
     basis = jnp.zeros((steps, n), dtype)
     v0 = z / jnp.linalg.norm(z)
 
-    def orthogonalise(w, basis):
-        # Twice is enough (Giraud et al. 2005): classical Gram-Schmidt, repeated.
-        for _ in range(2):
-            w = w - basis.T @ (jnp.conj(basis) @ w)
-        return w
-
     def body(k, carry):
         basis, v, alpha, beta, scale = carry
         basis = basis.at[k].set(v)
         w = mv(v)
         a = jnp.real(jnp.vdot(v, w))
-        w = orthogonalise(w, basis)
+        for _ in range(2):  # classical Gram-Schmidt twice is enough (Giraud et al. 2005)
+            w = w - basis.T @ (jnp.conj(basis) @ w)
         b = jnp.linalg.norm(w)
+        scale = jnp.maximum(scale, jnp.abs(a))
         broke = b <= tol * scale
-        fresh = orthogonalise(restarts[k], basis)
-        fresh = fresh / jnp.linalg.norm(fresh)
-        v_next = jnp.where(broke, fresh, w / jnp.where(broke, 1, b))
+        v_next = jnp.where(broke, 0, w / jnp.where(broke, 1, b).astype(dtype))
         alpha = alpha.at[k].set(a)
         beta = beta.at[k].set(jnp.where(broke, 0, b))
-        return basis, v_next, alpha, beta, jnp.maximum(scale, jnp.abs(a))
+        return basis, v_next, alpha, beta, scale
 
     init = (basis, v0, jnp.zeros((steps,), real), jnp.zeros((steps,), real), jnp.zeros((), real))
     _, _, alpha, beta, _ = jax.lax.fori_loop(0, steps, body, init)

@@ -371,8 +371,8 @@ def test_hutchinson_derivative_is_unbiased_with_exact_value():
 
 
 def test_stochastic_lanczos_error_falls_like_inverse_sqrt_probes():
-    """RMS error over independent keys against the exact value, at 8 and 128 probes: the ratio
-    should be about sqrt(128/8) = 4 (accepted between 2.5 and 6.4, a wide margin for 20 keys)."""
+    """RMS error over independent keys against the exact value, at 4 and 64 probes: the ratio
+    should be about sqrt(64/4) = 4 (accepted between 2.5 and 6.4, a wide margin for 20 keys)."""
     n = 80
     rng = _rng(17)
     q, _ = np.linalg.qr(rng.normal(size=(n, n)))
@@ -390,9 +390,9 @@ def test_stochastic_lanczos_error_falls_like_inverse_sqrt_probes():
         values = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(num_probes), 20))
         return np.sqrt(np.mean((np.asarray(values) - exact) ** 2))
 
-    few, many = rms(8), rms(128)
+    few, many = rms(4), rms(64)
     assert 2.5 < few / many < 6.4, (few, many)
-    assert many / abs(exact) < 0.02
+    assert many / abs(exact) < 0.03
 
 
 def test_stochastic_lanczos_gradient_and_exact_quadrature():
