@@ -79,6 +79,7 @@ from .solvers import (
     PivotedQR as PivotedQR,
     QR as QR,
     SVD as SVD,
+    SparseCholesky as SparseCholesky,
     SparseLU as SparseLU,
     Triangular as Triangular,
     Tridiagonal as Tridiagonal,

@@ -326,7 +326,8 @@ def test_pardiso_rejects_complex_and_auto_falls_back(rng):
     a = random_sparse(rng, 10, complex_=True)
     with pytest.raises(ValueError, match="superlu"):
         lx.linear_solve(op_of(a), jnp.ones(10, jnp.complex128), lx.SparseLU("pardiso"))
-    assert lx.SparseLU().init(op_of(a), {}).backend == "superlu"
+    # Complex: UMFPACK when SuiteSparse is installed, else SuperLU.
+    assert lx.SparseLU().init(op_of(a), {}).backend in ("umfpack", "superlu")
     assert lx.SparseLU().init(op_of(random_sparse(rng, 10)), {}).backend == "pardiso"
 
 
@@ -609,8 +610,8 @@ def test_nan_values_give_nonfinite_input(rng, backend):
 
 
 def test_solver_argument_errors(rng):
-    with pytest.raises(ValueError, match="unknown backend 'umfpack'"):
-        lx.SparseLU("umfpack")
+    with pytest.raises(ValueError, match="unknown backend 'klu'"):
+        lx.SparseLU("klu")
     wide = lx.SparseCOOLinearOperator(jnp.ones(2), np.array([0, 1]), np.array([0, 2]), (2, 3))
     with pytest.raises(ValueError, match="square operator, got 2 x 3.*LSMR"):
         lx.linear_solve(wide, jnp.ones(2), lx.SparseLU())
@@ -623,7 +624,12 @@ def test_solver_argument_errors(rng):
 
 
 def test_missing_backends_name_the_extra(monkeypatch, rng):
+    from linopx.solvers.sparse import _suitesparse
+
     op = op_of(random_sparse(rng, 4))
+    monkeypatch.setattr(_suitesparse, "available", lambda: False)
+    with pytest.raises(ImportError, match=re.escape('pip install "linopx[suitesparse]"')):
+        lx.SparseLU("umfpack").init(op, {})
     monkeypatch.setattr(_pardiso, "available", lambda: False)
     with pytest.raises(ImportError, match=re.escape('pip install "linopx[mkl]"')):
         lx.SparseLU("pardiso").init(op, {})
@@ -638,12 +644,22 @@ def test_missing_backends_name_the_extra(monkeypatch, rng):
 
 
 def test_auto_backend_choice(monkeypatch):
+    from linopx.solvers.sparse import _suitesparse
+
+    monkeypatch.setattr(_suitesparse, "available", lambda: False)
     monkeypatch.setattr(_cudss, "available", lambda: True)
     monkeypatch.setattr(_pardiso, "available", lambda: True)
     monkeypatch.setattr(_pardiso, "is_x86", lambda: True)
     assert _solver.resolve_backend("auto", np.float64, "gpu") == "cudss"
     assert _solver.resolve_backend("auto", np.float32, "cpu") == "pardiso"
+    assert _solver.resolve_backend("auto", np.float64, "cpu", "spd") == "pardiso"
     assert _solver.resolve_backend("auto", np.complex128, "cpu") == "superlu"
+    # With SuiteSparse: CHOLMOD for positive definite tags, then PARDISO, then UMFPACK.
+    monkeypatch.setattr(_suitesparse, "available", lambda: True)
+    assert _solver.resolve_backend("auto", np.float64, "cpu", "spd") == "cholmod"
+    assert _solver.resolve_backend("auto", np.float64, "cpu", "symmetric") == "pardiso"
+    assert _solver.resolve_backend("auto", np.complex128, "cpu") == "umfpack"
+    monkeypatch.setattr(_suitesparse, "available", lambda: False)
     monkeypatch.setattr(_pardiso, "is_x86", lambda: False)
     assert _solver.resolve_backend("auto", np.float64, "cpu") == "superlu"
     monkeypatch.setattr(_cudss, "available", lambda: False)
@@ -656,7 +672,10 @@ def test_auto_linear_solver_picks_sparse_lu_without_densifying(rng):
     auto = lx.AutoLinearSolver(well_posed=None)
     assert isinstance(auto.select_solver(op), lx.SparseLU)
     tagged = lx.TaggedLinearOperator(op, lx.positive_semidefinite_tag)
-    assert isinstance(lx.AutoLinearSolver(well_posed=True).select_solver(tagged), lx.SparseLU)
+    # A definite tag: a sparse Cholesky where CHOLMOD is installed, else SparseLU (which uses
+    # PARDISO's Cholesky where MKL is).
+    chosen = lx.AutoLinearSolver(well_posed=True).select_solver(tagged)
+    assert isinstance(chosen, (lx.SparseLU, lx.SparseCholesky))
     b = jnp.asarray(rng.normal(size=a.shape[0]))
     n = a.shape[0]
     jaxpr = jax.make_jaxpr(lambda v, b: lx.linear_solve(with_values(op, v), b).value)(op.values, b)

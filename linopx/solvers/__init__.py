@@ -14,7 +14,7 @@ from .minres import MINRES as MINRES
 from .normal import Normal as Normal, NormalCG as NormalCG
 from .preconditioners import jacobi_preconditioner as jacobi_preconditioner
 from .qr import PivotedQR as PivotedQR, QR as QR
-from .sparse import SparseLU as SparseLU
+from .sparse import SparseCholesky as SparseCholesky, SparseLU as SparseLU
 from .svd import SVD as SVD
 from .triangular import Triangular as Triangular
 from .tridiagonal import Tridiagonal as Tridiagonal

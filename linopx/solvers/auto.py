@@ -103,8 +103,11 @@ class AutoLinearSolver(AbstractLinearSolver):
         sparse_types = _sparse_types()
         if sparse_types and isinstance(_unwrap(operator), sparse_types):
             if square and self.well_posed is not False:
-                from .sparse import SparseLU
+                from .sparse import SparseCholesky, SparseLU, _suitesparse
 
+                definite = is_positive_semidefinite(operator) or is_negative_semidefinite(operator)
+                if definite and _suitesparse.available():
+                    return SparseCholesky()
                 return SparseLU()
             from .lsmr import LSMR
 

@@ -1,4 +1,5 @@
-"""Sparse direct solvers: `SparseLU` and its backends (SuperLU, MKL PARDISO, NVIDIA cuDSS).
+"""Sparse direct solvers: `SparseLU` and `SparseCholesky`, and their backends (SuperLU, MKL
+PARDISO, SuiteSparse's UMFPACK and CHOLMOD, NVIDIA cuDSS).
 
 Cache control (the factorization cache only ever changes speed, never results):
 
@@ -10,10 +11,11 @@ sparse.cache_info()                                    # entries, bytes, hits, m
 ```
 """
 
+from ._cholesky import SparseCholesky as SparseCholesky
 from ._solver import SparseLU as SparseLU
 from ._solver import cache_info as cache_info
 from ._solver import clear_cache as clear_cache
 from ._solver import reset_counters as reset_counters
 from ._solver import set_cache_limits as set_cache_limits
 
-__all__ = ["SparseLU", "cache_info", "clear_cache", "reset_counters", "set_cache_limits"]
+__all__ = ["SparseCholesky", "SparseLU", "cache_info", "clear_cache", "reset_counters", "set_cache_limits"]

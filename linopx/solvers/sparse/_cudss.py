@@ -74,12 +74,13 @@ def _matrix_type(kind: str):
 
 
 class CudssFactor:
-    __slots__ = ("n", "solver", "transposed")
+    __slots__ = ("info", "n", "solver", "transposed")
 
-    def __init__(self, solver, n: int, transposed: bool):
+    def __init__(self, solver, n: int, transposed: bool, info=None):
         self.solver = solver
         self.n = n
         self.transposed = transposed
+        self.info = info  # what `factorize()` returned (a `DirectSolverFactorizationInfo`)
 
     def solve(self, b: np.ndarray, transposed: bool) -> np.ndarray:
         del transposed  # a factor serves one orientation; the caller keys the cache on it
@@ -90,8 +91,35 @@ class CudssFactor:
         x = x.reshape(self.n, -1)
         return x[:, 0] if vec else np.ascontiguousarray(x)
 
+    def slogdet(self) -> tuple[complex, float]:
+        """`(sign, log|det A|)` from the factorization's diagonal and permutations (see the module
+        docstring). `det Aᵀ = det A`, so a factor of either orientation serves."""
+        from ._superlu import permutation_sign
+
+        info = self.info
+        if info is None:  # pragma: no cover - needs a GPU
+            raise RuntimeError("cuDSS: the factorization info is not available.")
+        d = _to_host(info.diag).reshape(-1)
+        sign = 1
+        for perm in (info.row_permutation, info.col_permutation):
+            if perm is not None:
+                sign *= permutation_sign(_to_host(perm).reshape(-1))
+        modulus = np.abs(d)
+        if np.any(modulus == 0):
+            return 0.0, -np.inf
+        logabs = float(np.sum(np.log(modulus.astype(np.float64))))
+        if d.dtype.kind == "c":
+            return complex(sign * np.exp(1j * float(np.sum(np.angle(d))))), logabs
+        return float(sign * (-1 if np.count_nonzero(d < 0) % 2 else 1)), logabs
+
     def close(self) -> None:
         self.solver.free()
+
+
+def _to_host(x) -> np.ndarray:
+    """A NumPy copy of a host or device (CuPy) array."""
+    get = getattr(x, "get", None)
+    return np.asarray(get() if callable(get) else x)
 
 
 def factorize(pattern: SparsityPattern, values: np.ndarray, dtype, kind: str, transposed: bool):
@@ -109,6 +137,6 @@ def factorize(pattern: SparsityPattern, values: np.ndarray, dtype, kind: str, tr
     options = advanced.DirectSolverOptions(sparse_system_type=mtype) if mtype is not None else None
     solver = advanced.DirectSolver(a, b, options=options, execution="cuda")
     solver.plan()
-    solver.factorize()
+    info = solver.factorize()
     nbytes = int(pattern.nnz) * 4 * (np.dtype(dtype).itemsize + 4)  # rough: fill-in unknown here
-    return CudssFactor(solver, pattern.shape[0], transposed), nbytes
+    return CudssFactor(solver, pattern.shape[0], transposed, info), nbytes

@@ -20,12 +20,18 @@ from ...linops.composite import TaggedLinearOperator
 from ...linops.functions import is_positive_semidefinite, is_symmetric
 from ...linops.sparse import SparseCOOLinearOperator, SparsityPattern, check_index_range
 from ..base import AbstractLinearSolver
-from . import _cudss, _pardiso, _superlu
+from . import _cudss, _pardiso, _selinv, _suitesparse, _superlu
 from ._cache import CACHE, digest
 from ._common import SINGULAR, release_memory
 
-BACKENDS = ("auto", "superlu", "pardiso", "cudss")
-_MODULES = {"superlu": _superlu, "pardiso": _pardiso, "cudss": _cudss}
+BACKENDS = ("auto", "superlu", "pardiso", "umfpack", "cudss")
+_MODULES = {
+    "superlu": _superlu,
+    "pardiso": _pardiso,
+    "cudss": _cudss,
+    "umfpack": _suitesparse.UMFPACK,
+    "cholmod": _suitesparse.CHOLMOD,
+}
 MKL_HINT = 'pip install "linopx[mkl]"'
 
 
@@ -60,13 +66,19 @@ def _kind(operator: Any, dtype) -> str:
     return "general"
 
 
-def resolve_backend(backend: str, dtype, platform: str) -> str:
-    """The backend that `SparseLU(backend)` uses for values of `dtype` living on `platform`, or an
-    error saying what to install or choose instead."""
+def resolve_backend(backend: str, dtype, platform: str, kind: str = "general") -> str:
+    """The backend that `SparseLU(backend)` uses for values of `dtype` living on `platform` with
+    the factorization `kind` the tags allow, or an error saying what to install or choose instead.
+
+    `"auto"` takes the fastest one installed (measured on Poisson matrices, see the docs' Sparse
+    page): on a GPU cuDSS; for a positive definite tag CHOLMOD, then PARDISO's Cholesky; otherwise
+    PARDISO (real), then UMFPACK, then SuperLU (always there)."""
     dtype = np.dtype(dtype)
     if backend == "auto":
         if platform == "gpu" and _cudss.available():
             return "cudss"
+        if kind == "spd" and _suitesparse.available():
+            return "cholmod"
         if (
             dtype.kind == "f"
             and dtype.itemsize in (4, 8)
@@ -74,7 +86,11 @@ def resolve_backend(backend: str, dtype, platform: str) -> str:
             and _pardiso.available()
         ):
             return "pardiso"
+        if _suitesparse.available():
+            return "umfpack"
         return "superlu"
+    if backend == "umfpack":
+        _suitesparse.check_available("umfpack")
     if backend == "pardiso":
         if not _pardiso.available():
             raise ImportError(
@@ -182,8 +198,8 @@ class SparseLU(AbstractLinearSolver):
                 "minimum norm use `lx.LSMR(...)` or `lx.AutoLinearSolver(well_posed=None)`."
             )
         values = sparse.values
-        backend = resolve_backend(self.backend, values.dtype, _platform(values))
         kind = _kind(outer, values.dtype)
+        backend = resolve_backend(self.backend, values.dtype, _platform(values), kind)
         return _SparseLUState(
             values, sparse.index, sparse.pattern, sparse.shape, backend, kind, False, False
         )
@@ -234,6 +250,103 @@ class SparseLU(AbstractLinearSolver):
 
     def allow_dependent_columns(self, operator):
         return False
+
+    # ---- log-determinants (`lx.slogdet`) ------------------------------------------------------
+
+    def logdet(self, state: _SparseLUState, options):
+        """`(sign, log|det A|)` read off the factorization that the solve uses (the same cache entry:
+        a solve followed by `lx.slogdet` with the same values factorizes once).
+
+        - SuperLU: `Pr A Pc = L U` with unit-diagonal `L`, so `det A = sign(perm_r) sign(perm_c)
+          Π U_ii` (see `_superlu.slogdet`).
+        - PARDISO: oneMKL PARDISO has no determinant output (see `_pardiso`). For a
+          `positive_semidefinite_tag` (its Cholesky-type factorization) `log det A` is the sum of the
+          logs of the pivots (`pardiso_getdiag`). Otherwise the determinant comes from a SuperLU
+          factorization of the same values (one extra factorization, cached like a SuperLU solve's).
+        - cuDSS: from the factorization's diagonal and permutations (see `_cudss`).
+
+        A matrix that the solve calls singular (exactly, or numerically: see
+        `linopx.solvers.sparse._common.condition_check`) gives `sign = 0`, `logabsdet = -inf`;
+        NaN or infinite values give NaN for both. `sign` has the operator's dtype, `logabsdet` its
+        real dtype. `det Aᵀ = det A` and `det conj(A) = conj(det A)` for transposed/conjugated
+        states. One host callback for a whole `vmap` batch of values."""
+        dtype = np.dtype(state.values.dtype)
+        real = np.finfo(dtype).dtype
+        settings = (state.backend, state.kind, state.transposed, state.conjugated, dtype)
+        values = jax.lax.stop_gradient(state.values)
+        if state.pattern is not None:
+            host = functools.partial(_host_logdet, state.pattern, *settings)
+            operands = (values,)
+        else:
+            host = functools.partial(_host_logdet_traced, state.dims, *settings)
+            operands = (values, *state.index)
+        sign, logabsdet = jax.pure_callback(
+            host,
+            (jax.ShapeDtypeStruct((), dtype), jax.ShapeDtypeStruct((), real)),
+            *operands,
+            vmap_method="expand_dims",
+        )
+        return sign, logabsdet
+
+    def logdet_tangent(self, state: _SparseLUState, operator, tangent, options):
+        """`tr(A⁻¹ A') = Σ_k G_k v̇_k`, where `v̇ = A'`'s values (the tangent of the sparse operator's
+        `values`) and `G_k = (A⁻¹)[cols_k, rows_k]`: the entries of `A⁻ᵀ` on the pattern (duplicates
+        share theirs). `G` is computed exactly on the host, without forming anything `n x n`, by
+        selected inversion (Takahashi's equations) from the `L U` factors of SuperLU's
+        factorization, found in the factorization cache (see `_selinv`). PARDISO and cuDSS do not
+        expose their factors, so for them `G` comes from a SuperLU factorization of the same values
+        (one extra factorization, cached).
+
+        Cost: of the order of the factorization's (dense products of the same shapes as its
+        updates, about twice its flops). Measured on a loaded 2-core x86 machine (SuperLU,
+        OpenBLAS, best of 3; 2-D 5-point Poisson, MMD ordering, no pivoting):
+
+        | grid | factorization | selinv analysis | selinv numerical | `value_and_grad` of `slogdet[1]` |
+        |------|---------------|-----------------|------------------|----------------------------------|
+        | 100 x 100 | 0.02 s | 0.03 s | 0.04 s | 0.10 s (0.07 s with the analysis memoised) |
+        | 200 x 200 | 0.13 s | 0.15 s | 0.17 s | 0.48 s (0.35 s) |
+        | 300 x 300 | 0.35 s | 0.40 s | 0.45 s | 1.42 s (1.03 s) |
+
+        (`lx.slogdet` alone costs one factorization, like a solve.) The analysis is memoised per
+        factor structure, so repeated gradients whose pivoting does not change pay only the
+        numerical part. An unsymmetric matrix with heavy pivoting costs more: the pattern is
+        symmetrized (random 6000 x 6000, 34k nonzeros, 12M in the factors: factorization 6.6 s,
+        selected inversion 22 s).
+
+        Memory: the factors' entries as dense blocks, plus the dense fronts `Z[J ∪ R, J ∪ R]` along
+        a path of the elimination tree; reading the factors makes SciPy keep CSC copies of `L` and
+        `U` with the cached factorization (about doubling that cache entry). The result is linear in `tangent(...)` (`G` is held
+        constant: reverse mode transposes it into `G * cotangent`)."""
+        sparse, _ = _unwrap(operator)
+        if sparse is None or sparse.values.shape != state.values.shape:
+            raise ValueError(
+                "SparseLU.logdet_tangent needs the `lx.SparseCOOLinearOperator` (optionally inside "
+                "`lx.TaggedLinearOperator`) that the state was made from."
+            )
+        g = jax.lax.stop_gradient(self._inverse_entries(state))
+        v_dot = tangent(lambda op: _unwrap(op)[0].values)
+        dtype = jnp.result_type(g.dtype, v_dot.dtype)
+        return jnp.sum(g.astype(dtype) * v_dot.astype(dtype))
+
+    def _inverse_entries(self, state: _SparseLUState):
+        """`G_k = (A⁻¹)[cols_k, rows_k]`, shape `(nnz,)` (batched under `vmap`), for the matrix of
+        `state` (conjugated for a conjugated state; a transposed state's operator has the same
+        values at transposed positions, so the same `G`)."""
+        dtype = np.dtype(state.values.dtype)
+        settings = (state.kind, state.conjugated, dtype)  # every backend: SuperLU's factors
+        values = jax.lax.stop_gradient(state.values)
+        if state.pattern is not None:
+            host = functools.partial(_host_inverse_entries, state.pattern, *settings)
+            operands = (values,)
+        else:
+            host = functools.partial(_host_inverse_entries_traced, state.dims, *settings)
+            operands = (values, *state.index)
+        return jax.pure_callback(
+            host,
+            jax.ShapeDtypeStruct(state.values.shape, dtype),
+            *operands,
+            vmap_method="expand_dims",
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,9 +473,157 @@ def _host_solve_traced(
     return x.reshape(batch + (n,)), flags.reshape(batch)
 
 
+# ---------------------------------------------------------------------------------------------
+# Host side: log-determinants and selected inverses (`lx.slogdet`)
+
+
+def _with_factor(pattern, backend, kind, transposed, values, use):
+    """`use(factor)` with the factorization a solve with these settings uses (the same cache key,
+    so the solve's factorization is found, or the one made here is found by a later solve);
+    `factor` is `SINGULAR` for a (numerically) singular matrix. `use` runs under the cache lock."""
+    module = _MODULES[backend]
+    fdtype = module.factor_dtype(values.dtype)
+    orientation = transposed if backend == "cudss" else None
+
+    def factorize():
+        CACHE.count_factorization(backend)
+        if backend == "cudss":
+            return module.factorize(pattern, values, fdtype, kind, transposed)
+        return module.factorize(pattern, values, fdtype, kind)
+
+    return CACHE.run((backend, kind, fdtype.str, orientation, pattern), values, factorize, use)
+
+
+def _logdet_member(pattern, backend, kind, transposed, values) -> tuple[complex, float]:
+    """`(sign, log|det|)` of one matrix; `(nan, nan)` for non-finite values, `(0, -inf)` for a
+    singular one."""
+    if not np.all(np.isfinite(values)):
+        return np.nan, np.nan
+    if pattern.shape[0] == 0:
+        return 1.0, 0.0
+
+    def read(factor):
+        if factor is SINGULAR:
+            return 0.0, -np.inf
+        if isinstance(factor, _superlu.SuperLUFactor):
+            return _superlu.slogdet(factor)
+        return factor.slogdet()  # PARDISO (None when its factors do not give it) and cuDSS
+
+    if backend == "pardiso" and kind == "spd":
+        out = _with_factor(pattern, backend, kind, transposed, values, read)
+        if out is not None:
+            return out
+    if backend == "cudss":
+        return _with_factor(pattern, backend, kind, transposed, values, read)
+    # SuperLU, and PARDISO's types whose factors do not give the determinant.
+    return _with_factor(pattern, "superlu", kind, False, values, read)
+
+
+def _host_logdet(pattern, backend, kind, transposed, conjugated, out_dtype, values):
+    """The `pure_callback` body of `SparseLU.logdet`: `values` `(*batch, nnz)` gives `sign` and
+    `logabsdet` of shape `batch`."""
+    values = np.asarray(values)
+    batch = values.shape[:-1]
+    flat = values.reshape(-1, values.shape[-1])
+    out_dtype = np.dtype(out_dtype)
+    sign = np.empty(flat.shape[0], out_dtype)
+    logabs = np.empty(flat.shape[0], np.finfo(out_dtype).dtype)
+    for i in range(flat.shape[0]):
+        s, la = _logdet_member(pattern, backend, kind, transposed, flat[i])
+        if out_dtype.kind != "c":
+            s = np.real(s)
+        sign[i] = np.conj(s) if conjugated else s
+        logabs[i] = la
+    return sign.reshape(batch), logabs.reshape(batch)
+
+
+def _host_logdet_traced(
+    shape, backend, kind, transposed, conjugated, out_dtype, values, rows, cols
+):
+    """`_host_logdet` for a traced pattern (indices batched like the values, or not)."""
+    values, rows, cols = (np.asarray(a) for a in (values, rows, cols))
+    settings = (backend, kind, transposed, conjugated, out_dtype)
+    if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
+        pattern = _pattern_of(rows.reshape(-1), cols.reshape(-1), shape)
+        return _host_logdet(pattern, *settings, values)
+    batch = np.broadcast_shapes(values.shape[:-1], rows.shape[:-1], cols.shape[:-1])
+    nnz = values.shape[-1]
+    total = math.prod(batch)
+    vflat, rflat, cflat = (
+        np.broadcast_to(a, batch + (nnz,)).reshape(total, nnz) for a in (values, rows, cols)
+    )
+    out_dtype = np.dtype(out_dtype)
+    sign = np.empty(total, out_dtype)
+    logabs = np.empty(total, np.finfo(out_dtype).dtype)
+    for i in range(total):
+        pattern = _pattern_of(rflat[i], cflat[i], shape)
+        sign[i], logabs[i] = _host_logdet(pattern, *settings, vflat[i])
+    return sign.reshape(batch), logabs.reshape(batch)
+
+
+def _inverse_member(pattern, kind, values) -> np.ndarray:
+    """`G_k = (A⁻¹)[cols_k, rows_k]` for one matrix, by selected inversion from SuperLU's factors
+    (PARDISO and cuDSS hide theirs: a SuperLU factorization of the same values, cached, instead).
+    NaN for non-finite values or a singular matrix."""
+    nnz = values.shape[0]
+    if not np.all(np.isfinite(values)):
+        return np.full(nnz, np.nan, values.dtype)
+    if pattern.shape[0] == 0 or nnz == 0:
+        return (
+            np.zeros(nnz, values.dtype)
+            if pattern.shape[0] == 0
+            else np.full(nnz, np.nan, values.dtype)
+        )
+    out = _with_factor(
+        pattern, "superlu", kind, False, values,
+        lambda f: None if f is SINGULAR else _superlu.factors(f),
+    )  # fmt: skip
+    if out is None:
+        return np.full(nnz, np.nan, values.dtype)
+    lower, upper, perm_r, perm_c = out
+    # Pr A Pc = L U = B, B[perm_r[i], perm_c[j]] = A[i, j], so A⁻¹ = Pc B⁻¹ Pr:
+    # (A⁻¹)[j, i] = (B⁻¹)[perm_c[j], perm_r[i]].
+    g = _selinv.selected_inverse(lower, upper, perm_c[pattern.cols], perm_r[pattern.rows])
+    return g.astype(values.dtype, copy=False)
+
+
+def _host_inverse_entries(pattern, kind, conjugated, out_dtype, values):
+    """The `pure_callback` body of `SparseLU._inverse_entries`: `values` `(*batch, nnz)` gives
+    `G` of the same shape."""
+    values = np.asarray(values)
+    flat = values.reshape(-1, values.shape[-1])
+    out = np.empty(flat.shape, out_dtype)
+    for i in range(flat.shape[0]):
+        g = _inverse_member(pattern, kind, flat[i])
+        out[i] = np.conj(g) if conjugated else g
+    return out.reshape(values.shape)
+
+
+def _host_inverse_entries_traced(shape, kind, conjugated, out_dtype, values, rows, cols):
+    """`_host_inverse_entries` for a traced pattern."""
+    values, rows, cols = (np.asarray(a) for a in (values, rows, cols))
+    settings = (kind, conjugated, out_dtype)
+    if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
+        pattern = _pattern_of(rows.reshape(-1), cols.reshape(-1), shape)
+        return _host_inverse_entries(pattern, *settings, values)
+    batch = np.broadcast_shapes(values.shape[:-1], rows.shape[:-1], cols.shape[:-1])
+    nnz = values.shape[-1]
+    total = math.prod(batch)
+    vflat, rflat, cflat = (
+        np.broadcast_to(a, batch + (nnz,)).reshape(total, nnz) for a in (values, rows, cols)
+    )
+    out = np.empty((total, nnz), out_dtype)
+    for i in range(total):
+        pattern = _pattern_of(rflat[i], cflat[i], shape)
+        out[i] = _host_inverse_entries(pattern, *settings, vflat[i])
+    return out.reshape(batch + (nnz,))
+
+
 def clear_cache() -> None:
-    """Release every cached factorization, and the PARDISO analyses no longer in use."""
+    """Release every cached factorization, the PARDISO analyses no longer in use, and the
+    selected-inversion analyses (`lx.slogdet`'s gradients) derived from factorizations."""
     CACHE.clear()
+    _selinv.clear()
     if _pardiso._handles:
         _pardiso.reset()
     _superlu.sync()
