@@ -1,5 +1,6 @@
-"""Sparse direct-solve benchmarks: linopx's `SparseLU` against the same factorizers called directly,
-klujax and `jax.experimental.sparse.linalg.spsolve`, on Poisson matrices.
+"""Sparse direct-solve benchmarks: linopx's `SparseLU` and `SparseCholesky` against the same
+factorizers called directly (SuperLU, PARDISO, CHOLMOD, UMFPACK), klujax and
+`jax.experimental.sparse.linalg.spsolve`, on Poisson matrices.
 
     python benchmarks/sparse.py           # 2-D Poisson 300² and 1000², 3-D Poisson 30³ and 40³
     python benchmarks/sparse.py --quick   # 300² and 30³ only
@@ -45,8 +46,13 @@ PROBLEMS = {
 QUICK = ["2D Poisson 300²", "3D Poisson 30³"]
 METHODS = [
     "linopx-superlu", "linopx-pardiso", "linopx-superlu-traced", "linopx-pardiso-traced",
-    "splu", "pypardiso", "klujax", "jax-spsolve",
+    "linopx-cholmod", "linopx-umfpack",
+    "splu", "pypardiso", "cholmod", "umfpack", "klujax", "jax-spsolve",
 ]  # fmt: skip
+# The SuiteSparse libraries called directly (through kvxopt, as linopx calls them).
+DIRECT = {
+    "superlu": "splu", "pardiso": "pypardiso", "cholmod": "cholmod", "umfpack": "umfpack",
+}  # fmt: skip
 # KLU and jax's spsolve (SuperLU with SciPy's default COLAMD ordering) take minutes on 10⁶ unknowns.
 # A traced pattern (indices passed into `jit`) is measured on 2D Poisson 300² only.
 SKIP = {("2D Poisson 1000²", "klujax"), ("2D Poisson 1000²", "jax-spsolve")} | {
@@ -124,8 +130,15 @@ def child(problem: str, method: str, repeats: int) -> dict:
         from linopx.solvers import sparse as S
 
         backend = method.split("-")[1]
-        op = lx.SparseCOOLinearOperator.from_scipy(a)
-        solver = lx.SparseLU(backend)
+        if backend in ("cholmod", "umfpack"):
+            from linopx.solvers.sparse import _suitesparse
+
+            if not _suitesparse.available():
+                return {**out, "note": 'not installed (pip install "linopx[suitesparse]")'}
+        # CHOLMOD is a Cholesky: the operator carries the positive definite tag it needs.
+        tags = (lx.positive_semidefinite_tag,) if backend == "cholmod" else ()
+        op = lx.SparseCOOLinearOperator.from_scipy(a, *tags)
+        solver = lx.SparseCholesky(backend) if backend == "cholmod" else lx.SparseLU(backend)
         b, w = jnp.asarray(b_np), jnp.asarray(w_np)
         # "-traced": the indices are arguments of the jitted function (a traced pattern, as with a
         # BCOO passed into `jit`), rebuilt and looked up by digest on the host at every call.
@@ -133,7 +146,7 @@ def child(problem: str, method: str, repeats: int) -> dict:
 
         def solve(v, b, *index):
             rows, cols = index if index else (op.rows, op.cols)
-            o = lx.SparseCOOLinearOperator(v, rows, cols, op.shape)
+            o = lx.SparseCOOLinearOperator(v, rows, cols, op.shape, *tags)
             return lx.linear_solve(o, b, solver).value
 
         # Compile ahead of time and start the factorizer on a tiny matrix, so that the baseline
@@ -144,7 +157,7 @@ def child(problem: str, method: str, repeats: int) -> dict:
         fwd = lambda v, b: fwd_c(v, b, *index)  # noqa: E731
         grad = lambda v, b: grad_c(v, b, *index)  # noqa: E731
         tiny = lx.SparseCOOLinearOperator(
-            jnp.array([2.0, 3.0]), np.array([0, 1]), np.array([0, 1]), (2, 2)
+            jnp.array([2.0, 3.0]), np.array([0, 1]), np.array([0, 1]), (2, 2), *tags
         )
         _block(lx.linear_solve(tiny, jnp.ones(2), solver).value)
         S.clear_cache()
@@ -176,6 +189,34 @@ def child(problem: str, method: str, repeats: int) -> dict:
         def run():
             solver.factorize(csr)  # always phase 12: a fresh analysis and factorization
             return solver.solve(csr, b_np)
+
+        base = _peak_mib()
+        out["forward"] = _time(run, None, repeats)
+        x = run()
+    elif method in ("cholmod", "umfpack"):
+        try:
+            from kvxopt import cholmod, matrix, spmatrix, umfpack
+        except ImportError:
+            return {**out, "note": 'kvxopt not installed (pip install "linopx[suitesparse]")'}
+        # The matrix in kvxopt's format is built outside the timing (CHOLMOD reads the lower
+        # triangle), as SciPy's CSC is for splu.
+        m = a.tocoo()
+        if method == "cholmod":
+            keep = m.row >= m.col
+            m = type(m)((m.data[keep], (m.row[keep], m.col[keep])), shape=m.shape)
+        kv = spmatrix(
+            matrix(m.data), matrix(m.row.astype(np.int64)), matrix(m.col.astype(np.int64)), m.shape
+        )
+
+        def run():
+            rhs = matrix(b_np)
+            if method == "cholmod":
+                f = cholmod.symbolic(kv, uplo="L")
+                cholmod.numeric(kv, f)
+                cholmod.solve(f, rhs)
+            else:
+                umfpack.solve(kv, umfpack.numeric(kv, umfpack.symbolic(kv)), rhs)
+            return np.array(rhs).ravel()
 
         base = _peak_mib()
         out["forward"] = _time(run, None, repeats)
@@ -269,12 +310,14 @@ def report_rows(results: list[dict]) -> list[dict]:
     by = {(r["problem"], r["method"]): r for r in results}
     for problem, (kind, k) in PROBLEMS.items():
         size = f"{k}^{2 if kind == '2d' else 3}"
-        for backend, direct in (("superlu", "splu"), ("pardiso", "pypardiso")):
+        for backend, direct in DIRECT.items():
             mine = by.get((problem, f"linopx-{backend}"), {})
             if "forward" not in mine:
                 continue
             fwd = {"linopx": mine["forward"]}
-            for name in (direct, "klujax", "jax-spsolve"):
+            # The SuiteSparse rows also show SuperLU called directly (the goal is a multiple of it).
+            extra = ("splu",) if backend in ("cholmod", "umfpack") else ()
+            for name in (direct, *extra, "klujax", "jax-spsolve"):
                 if "forward" in by.get((problem, name), {}):
                     fwd[name] = by[(problem, name)]["forward"]
             notes = {
@@ -332,6 +375,8 @@ def table(results: list[dict]) -> list[dict]:
         direct = {
             "linopx-superlu": "splu",
             "linopx-pardiso": "pypardiso",
+            "linopx-cholmod": "cholmod",
+            "linopx-umfpack": "umfpack",
             "linopx-superlu-traced": "linopx-superlu",
             "linopx-pardiso-traced": "linopx-pardiso",
         }.get(r["method"])
@@ -342,6 +387,9 @@ def table(results: list[dict]) -> list[dict]:
         if r["method"].startswith("linopx") and klu and "forward" in klu:
             row["fwd vs klujax"] = f"{r['forward'] / klu['forward']:.2f}"
             row["grad vs klujax"] = f"{r['grad'] / klu['grad']:.2f}"
+        splu_ref = by.get((r["problem"], "splu"))
+        if r["method"] in ("linopx-cholmod", "linopx-umfpack") and splu_ref and "forward" in r:
+            row["fwd vs splu"] = f"{r['forward'] / splu_ref['forward']:.2f}"
         if "factorizations per grad" in r:
             row["factorizations/grad"] = f"{r['factorizations per grad']:.1f}"
         rows.append(row)
@@ -371,7 +419,8 @@ def main() -> None:
         return
     results = run(args.quick)
     columns = [
-        "problem", "method", "forward", "grad", "grad/fwd", "fwd vs direct", "fwd vs klujax",
+        "problem", "method", "forward", "grad", "grad/fwd", "fwd vs direct", "fwd vs splu",
+        "fwd vs klujax",
         "grad vs klujax", "factorizations/grad", "peak MiB", "rel. residual", "note",
     ]  # fmt: skip
     print(f"{os.cpu_count()} CPU cores; ratios are linopx / other (below 1: linopx faster)")
