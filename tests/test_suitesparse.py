@@ -212,3 +212,27 @@ def test_errors_name_the_fix():
             )
         with pytest.raises(ImportError, match=r"linopx\[suitesparse\]"):
             lx.linear_solve(_op(a), jnp.ones(a.shape[0]), lx.SparseLU(backend="umfpack"))
+
+
+@needs_kvxopt
+def test_cholmod_vmap_over_values_and_slogdet_gradient():
+    a = _spd(8)
+    A = _op(a, lx.positive_semidefinite_tag)
+    b = jnp.ones(a.shape[0])
+    scales = jnp.asarray([1.0, 2.0, 0.5])
+
+    def solve(scale):
+        op = lx.SparseCOOLinearOperator(scale * A.values, A.rows, A.cols, A.shape, A.tags)
+        return lx.linear_solve(op, b, lx.SparseCholesky()).value
+
+    xs = jax.jit(jax.vmap(solve))(scales)
+    ref = spla.spsolve(a.tocsc(), np.ones(a.shape[0]))
+    np.testing.assert_allclose(xs, ref[None] / np.asarray(scales)[:, None], rtol=1e-10)
+
+    def logdet(values):
+        op = lx.SparseCOOLinearOperator(values, A.rows, A.cols, A.shape, A.tags)
+        return lx.slogdet(op, lx.SparseCholesky())[1]
+
+    grad = jax.grad(logdet)(A.values)
+    dense = np.linalg.inv(a.toarray()).T
+    np.testing.assert_allclose(grad, dense[np.asarray(A.rows), np.asarray(A.cols)], rtol=1e-9)

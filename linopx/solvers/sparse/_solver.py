@@ -128,10 +128,15 @@ class SparseLU(AbstractLinearSolver):
           matrices only: float32 is factorized in float64 and the result cast back; complex raises
           (use `"superlu"`). A `symmetric_tag` selects PARDISO's symmetric indefinite factorization,
           a `positive_semidefinite_tag` its Cholesky (the matrix must then be definite).
+        - `"umfpack"`: SuiteSparse's UMFPACK through kvxopt (`pip install "linopx[suitesparse]"`,
+          GPL-licensed): float64 and complex128 (single precision factorized in double); the
+          symbolic analysis is done once per pattern. Several times faster than SuperLU on 3-D
+          meshes.
         - `"cudss"`: NVIDIA cuDSS through nvmath-python, for arrays on a GPU
           (`pip install "linopx[cuda]"`).
-        - `"auto"` (default): cuDSS for arrays on a GPU when installed; on the CPU PARDISO when
-          installed (x86, float32/float64), else SuperLU.
+        - `"auto"` (default): cuDSS for arrays on a GPU when installed; on the CPU, for a positive
+          definite tag CHOLMOD's Cholesky (`linopx[suitesparse]`) when installed; then PARDISO
+          (x86, float32/float64), then UMFPACK, when installed; else SuperLU.
 
     **What it computes:** `x = A⁻¹ b` for a nonsingular `A`. A singular (or numerically singular)
     matrix gives `lx.RESULTS.singular` (an error with `throw=True`); NaN or infinite values give
