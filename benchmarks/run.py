@@ -4,6 +4,7 @@
     python -m benchmarks --quick              # small sizes, a smoke test of the whole pipeline
     python -m benchmarks --suites dense,sparse --out benchmarks/results
     python -m benchmarks --suites soak --out /tmp/soak   # the memory soak alone (about 10 min)
+    python -m benchmarks --suites logdet --out /tmp/logdet   # the log-determinant suite alone
 
 Writes `results.json` (raw medians in seconds, the machine, versions), `results.md` (the tables)
 and PNG plots (`<suite>-<case>.png`: time against size, log-log, linopx and each alternative;
@@ -29,7 +30,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-SUITES = ("dense", "iterative", "sparse", "soak")
+SUITES = ("dense", "iterative", "sparse", "logdet", "soak")
 
 
 def machine() -> dict:

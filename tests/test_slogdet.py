@@ -240,6 +240,17 @@ def test_tridiagonal_million_no_overflow():
     np.testing.assert_allclose(jnp.sum(grad.diagonal), np.sum(1 / eig), rtol=1e-9)
 
 
+def test_tridiagonal_laplacian_accuracy():
+    """The 1-D Laplacian (2, -1, -1) has det = n + 1 exactly; its transfer matrices are all one
+    Jordan block, so any rounding in the rescaled products is amplified (an inexact power-of-two
+    scaling once gave 12.646 instead of log(10⁶ + 1) = 13.8155)."""
+    n = 10**6
+    op = lx.TridiagonalLinearOperator(jnp.full(n, 2.0), -jnp.ones(n - 1), -jnp.ones(n - 1))
+    sign, logabsdet = jax.jit(lambda op: lx.slogdet(op, lx.Tridiagonal()))(op)
+    assert sign == 1
+    np.testing.assert_allclose(logabsdet, np.log(n + 1), rtol=1e-9)
+
+
 def test_tridiagonal_zero_pivot_and_sign():
     """[[0, 1], [1, 0]] needs pivoting in an LU, not in the continuant: det = -1."""
     op = lx.TridiagonalLinearOperator(jnp.zeros(2), jnp.ones(1), jnp.ones(1))

@@ -79,11 +79,14 @@ def _rescale(mats: jax.Array, logscale: jax.Array):
         (big > 0) & jnp.isfinite(big), jnp.round(jnp.log2(jnp.where(big > 0, big, 1))), 0
     )
     exponent = jax.lax.stop_gradient(exponent)
-    scale = jnp.exp2(-exponent).astype(mats.dtype)
-    real = logscale.dtype
-    return mats * scale[:, None, None], logscale + jnp.sum(exponent).astype(real) * jnp.log(
-        jnp.asarray(2, real)
-    )
+    # `ldexp` makes the power of two exactly (XLA's `exp2` is not exact on every platform), so
+    # the rescaling adds no rounding, however many levels there are.
+    real = jnp.finfo(mats.dtype).dtype
+    scale = jnp.ldexp(jnp.ones_like(big, dtype=real), (-exponent).astype(jnp.int32))
+    scale = scale.astype(mats.dtype)
+    return mats * scale[:, None, None], logscale + jnp.sum(exponent).astype(
+        logscale.dtype
+    ) * jnp.log(jnp.asarray(2, logscale.dtype))
 
 
 def inverse_transpose(solver, state, operator, options) -> jax.Array:
