@@ -13,6 +13,14 @@ call count) into `--out`. A run of some suites overwrites `results.json` and `re
 with a report of those suites only. Alternatives that are not installed are skipped with a note in
 the report. A suite module may add `report_notes(rows)` (Markdown lines under its table) and
 `plot(rows, out, plt)` (its own figures).
+
+A full run into the repository's `benchmarks/results` also writes the report into the
+documentation: `docs/benchmark-results.md` (its tables, with the plots under them), which the
+Benchmarks page includes, and the PNG plots in `docs/assets/benchmarks/`. `--docs-only` redoes
+that from the report already in `--out`, running no suite; `--docs-dir DIR` writes the docs copy
+for any run (into DIR), `--no-docs` for none.
+
+    python -m benchmarks --docs-only          # docs copy of benchmarks/results, in seconds
 """
 
 from __future__ import annotations
@@ -24,13 +32,19 @@ import json
 import os
 import platform
 import re
+import shutil
 import sys
 import time
 import traceback
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 SUITES = ("dense", "iterative", "sparse", "logdet", "soak")
+# The repository's report, and its copy in the documentation (relative to the docs folder).
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+DOCS_PAGE = "benchmark-results.md"
+DOCS_ASSETS = "assets/benchmarks"
 
 
 def machine() -> dict:
@@ -201,6 +215,117 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _suite_plots(suite: str, rows: list[dict], available: list[str]) -> list[tuple[str, str]]:
+    """(file, alt text) of the suite's time-vs-size plots among `available`, in case order."""
+    ordered, seen = [], set()
+    for case in dict.fromkeys(r["case"] for r in rows):
+        name = f"{suite}-{_slug(case)}.png"
+        if name in available and name not in seen:
+            ordered.append((name, f"{suite}: {case}, median time against problem size"))
+            seen.add(name)
+    for name in sorted(available):  # a suite's own figures (`plot` in its module), and the rest
+        if name.startswith(f"{suite}-") and name not in seen:
+            ordered.append((name, f"{suite}: {name[len(suite) + 1 : -4].replace('-', ' ')}"))
+    return ordered
+
+
+def docs_report(report: str, results: dict | None, available: list[str]) -> tuple[str, list[str]]:
+    """The docs copy of a report: `report` (the text of results.md) without its title, headings one
+    level down (the Benchmarks page puts them under its own), image links pointing into
+    DOCS_ASSETS, and under each suite's table the plots of that suite, then the ratios chart.
+    `results` (results.json, or None) gives the case names for the plots' alt text; `available`
+    are the PNG files beside the report. Returns the Markdown and the PNG files it shows."""
+    suites = (results or {}).get("suites", {})
+    shown: list[str] = []
+
+    def image(name: str, alt: str) -> str:
+        if name not in shown:
+            shown.append(name)
+        return f"![{alt}]({DOCS_ASSETS}/{name})"
+
+    def local_image(m: re.Match) -> str:
+        alt, target = m.group(1), m.group(2)
+        if target in available:
+            return image(target, alt)
+        return m.group(0)
+
+    def plots_of(suite: str | None) -> list[str]:
+        if suite is None:
+            return []
+        lines = []
+        for name, alt in _suite_plots(suite, suites.get(suite, []), available):
+            if name not in shown:
+                lines += [image(name, alt), ""]
+        while lines and out and not out[-1].strip():
+            out.pop()  # one blank line between the table (or notes) and the plots
+        return [""] + lines if lines else []
+
+    body = report.splitlines()
+    if body and body[0].startswith("# "):
+        body = body[1:]
+    out = [
+        "<!-- Written by `python -m benchmarks` (benchmarks/run.py; `--docs-only` redoes it) from",
+        "     the report in benchmarks/results/. Not to be edited by hand. -->",
+    ]
+    suite, fenced = None, False
+    for line in body:
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            if line.startswith("## "):
+                out += plots_of(suite)
+                name = line[3:].strip()
+                suite = name if name in suites or name in SUITES else None
+                line = "### " + name[:1].upper() + name[1:]
+            else:
+                line = "#" + line
+        elif not fenced:
+            line = re.sub(r"!\[([^\]]*)\]\(([^)/\s]+\.png)\)", local_image, line)
+        out.append(line)
+    out += plots_of(suite)
+    if "ratios.png" in available and "ratios.png" not in shown:
+        while out and not out[-1].strip():
+            out.pop()
+        out += [
+            "",
+            "### Every ratio",
+            "",
+            "linopx's time over each alternative's, every case and size (below 1: faster).",
+            "",
+            image("ratios.png", "linopx time / alternative's time for every case"),
+        ]
+    while out and not out[-1].strip():
+        out.pop()
+    return "\n".join(out) + "\n", shown
+
+
+def write_docs(out: str, docs_dir: str) -> list[str]:
+    """Write the docs copy of the report in `out` (results.md, results.json, PNG plots) into
+    `docs_dir`: DOCS_PAGE, and the plots it shows in DOCS_ASSETS (whose old PNGs go). Returns
+    the paths written."""
+    with open(os.path.join(out, "results.md"), encoding="utf-8") as f:
+        report = f.read()
+    try:
+        with open(os.path.join(out, "results.json"), encoding="utf-8") as f:
+            results = json.load(f)
+    except FileNotFoundError:
+        results = None
+    available = sorted(n for n in os.listdir(out) if n.endswith(".png"))
+    page, shown = docs_report(report, results, available)
+    assets = os.path.join(docs_dir, *DOCS_ASSETS.split("/"))
+    os.makedirs(assets, exist_ok=True)
+    for name in os.listdir(assets):
+        if name.endswith(".png") and name not in shown:
+            os.remove(os.path.join(assets, name))
+    written = []
+    for name in shown:
+        shutil.copyfile(os.path.join(out, name), os.path.join(assets, name))
+        written.append(os.path.join(assets, name))
+    with open(os.path.join(docs_dir, DOCS_PAGE), "w", encoding="utf-8") as f:
+        f.write(page)
+    return [os.path.join(docs_dir, DOCS_PAGE)] + written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repetitions")
@@ -210,7 +335,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", default=os.path.join("benchmarks", "results"), help="output folder"
     )
+    parser.add_argument(
+        "--docs-only",
+        action="store_true",
+        help="run no suite: only write the docs copy of the report already in --out",
+    )
+    parser.add_argument(
+        "--docs-dir",
+        default=None,
+        help="docs folder for the report's copy (default: the repository's docs/, written after "
+        "a full run into benchmarks/results)",
+    )
+    parser.add_argument("--no-docs", action="store_true", help="write no docs copy")
     args = parser.parse_args(argv)
+    docs_dir = args.docs_dir or os.path.join(ROOT, "docs")
+    if args.docs_only:
+        if args.no_docs:
+            parser.error("--docs-only and --no-docs contradict each other")
+        if not os.path.isfile(os.path.join(args.out, "results.md")):
+            parser.error(f"no report in {args.out} (results.md): run the suites first")
+        written = write_docs(args.out, docs_dir)
+        print(f"wrote {written[0]} and {len(written) - 1} plots from {args.out}")
+        return 0
     suites = [s for s in args.suites.split(",") if s]
     unknown = set(suites) - set(SUITES)
     if unknown:
@@ -250,6 +396,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {args.out}/results.json, results.md" + (f" and {len(plots)} plots" if plots else "")
     )
+    repository_report = os.path.realpath(args.out) == os.path.realpath(RESULTS)
+    if not args.no_docs and (args.docs_dir or (repository_report and not args.quick)):
+        written = write_docs(args.out, docs_dir)
+        print(f"wrote {written[0]} and {len(written) - 1} plots (the docs copy)")
     return 1 if results["errors"] else 0
 
 
