@@ -700,9 +700,12 @@ def test_composition_keeps_only_provable_properties():
     assert lx.is_lower_triangular(UNIT_LOW @ UNIT_LOW)
     assert not lx.has_unit_diagonal(UNIT_LOW @ UNIT_UP)
     assert not lx.has_unit_diagonal(UNIT_LOW @ LOW)
-    # A rectangular identity proves nothing.
+    # A rectangular identity proves nothing as a factor; `rect.T @ rect` is a Gram product,
+    # hence symmetric positive semidefinite (it is the 3 x 3 identity).
     rect = lx.IdentityLinearOperator(SDS((3,), jnp.float64), SDS((4,), jnp.float64))
-    assert true_predicates(rect.T @ rect) == set()
+    other = lx.IdentityLinearOperator(SDS((4,), jnp.float64), SDS((3,), jnp.float64))
+    assert true_predicates(other @ rect) == set()
+    assert true_predicates(rect.T @ rect) == {"is_symmetric", "is_positive_semidefinite"}
 
 
 def test_unit_lower_product_is_unit_lower_numerically(rng):

@@ -23,6 +23,7 @@ from .functions import (
     diagonal as diagonal,
     has_unit_diagonal as has_unit_diagonal,
     is_diagonal as is_diagonal,
+    is_hermitian as is_hermitian,
     is_lower_triangular as is_lower_triangular,
     is_negative_semidefinite as is_negative_semidefinite,
     is_positive_semidefinite as is_positive_semidefinite,
@@ -39,6 +40,7 @@ from .sparse import SparseCOOLinearOperator as SparseCOOLinearOperator
 from .tangent import TangentLinearOperator as TangentLinearOperator
 from .tags import (
     diagonal_tag as diagonal_tag,
+    hermitian_tag as hermitian_tag,
     lower_triangular_tag as lower_triangular_tag,
     negative_semidefinite_tag as negative_semidefinite_tag,
     positive_semidefinite_tag as positive_semidefinite_tag,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import abc
+import functools
 import numbers
+import weakref
 from typing import Any
 
 import equinox as eqx
@@ -47,6 +49,23 @@ class AbstractLinearOperator(eqx.Module):
     @abc.abstractmethod
     def transpose(self) -> "AbstractLinearOperator":
         """Return the (unconjugated) transpose `Aᵀ`, mapping `out_structure` to `in_structure`."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # Every `transpose()` notes on its result which operator it transposes, so that `A.T @ A`
+        # can be recognised as a Gram matrix (positive semidefinite) when it is built; see
+        # `note_origin` and `ComposedLinearOperator`.
+        fn = cls.__dict__.get("transpose")
+        if callable(fn) and not getattr(fn, "_notes_origin", False):
+
+            @functools.wraps(fn)
+            def transpose(self, _fn=fn):
+                out = _fn(self)
+                note_origin(out, "transpose", self)
+                return out
+
+            transpose._notes_origin = True
+            cls.transpose = transpose
 
     @abc.abstractmethod
     def in_structure(self) -> Any:
@@ -122,6 +141,31 @@ class AbstractLinearOperator(eqx.Module):
             "`x @ A` with a non-operator `x` is not defined; wrap matrices in "
             "`lx.MatrixLinearOperator` first."
         )
+
+
+def note_origin(result: Any, how: str, source: Any) -> None:
+    """Record on the operator `result` that it is `how` ("transpose" or "conj") of `source`, and,
+    when `source` is itself the other one of something, that `result` is the "adjoint" of that
+    (`conj(A.T)`, `conj(A).T`: recorded here, while the intermediate is alive). Weak references:
+    nothing is kept alive. Read by `origin`. Only the object made by the call carries it: a copy
+    rebuilt from leaves (e.g. crossing a `jit` boundary) does not."""
+    if result is source or not isinstance(result, AbstractLinearOperator):
+        return
+    other = {"transpose": "conj", "conj": "transpose"}[how]
+    try:
+        object.__setattr__(result, f"_linopx_{how}_of", weakref.ref(source))
+        inner = origin(source, other)
+        if inner is not None:
+            object.__setattr__(result, "_linopx_adjoint_of", weakref.ref(inner))
+    except (AttributeError, TypeError):  # an operator class that refuses attributes: no record
+        pass
+
+
+def origin(operator: Any, how: str) -> Any:
+    """The operator that `operator` was made from by `how` ("transpose", "conj" or "adjoint"), if
+    recorded and still alive, else None."""
+    ref = getattr(operator, f"_linopx_{how}_of", None)
+    return ref() if ref is not None else None
 
 
 def check_scalar(value: Any, verb: str) -> Any:

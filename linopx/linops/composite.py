@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import _tree
-from .base import AbstractLinearOperator, check_scalar, check_tags
+from .base import AbstractLinearOperator, check_scalar, check_tags, origin
 from .tags import transpose_tags
 
 
@@ -214,10 +214,24 @@ class NegLinearOperator(AbstractLinearOperator):
 
 
 class ComposedLinearOperator(AbstractLinearOperator):
-    """`operator1 @ operator2`: apply `operator2`, then `operator1`."""
+    """`operator1 @ operator2`: apply `operator2`, then `operator1`.
+
+    `gram` (static) records that one factor is the adjoint of the other, as in `A.T @ A` or
+    `A @ A.T` (real) and `lx.conj(A.T) @ A` (complex): such a product is positive semidefinite, so
+    `AutoLinearSolver` takes `Cholesky` (dense) and `CG` accepts it. It is worked out when the
+    product is built, from `A.T`/`lx.conj` having been applied to that very operator; pass
+    `gram=True` to assert it for factors built otherwise."""
 
     operator1: AbstractLinearOperator
     operator2: AbstractLinearOperator
+    gram: bool = eqx.field(static=True, default=False)
+
+    def __init__(self, operator1, operator2, gram: bool | None = None):
+        self.operator1 = operator1
+        self.operator2 = operator2
+        if gram is None:
+            gram = _adjoint_of(operator1, operator2) or _adjoint_of(operator2, operator1)
+        self.gram = bool(gram)
 
     def __check_init__(self):
         a, b = self.operator1, self.operator2
@@ -241,7 +255,10 @@ class ComposedLinearOperator(AbstractLinearOperator):
         )
 
     def transpose(self):
-        return ComposedLinearOperator(self.operator2.transpose(), self.operator1.transpose())
+        # (Aᴴ A)ᵀ = conj(Aᴴ A): a Gram product stays one.
+        return ComposedLinearOperator(
+            self.operator2.transpose(), self.operator1.transpose(), gram=self.gram
+        )
 
     def in_structure(self):
         # What `operator2` accepts; `operator1`'s dtype only affects the output.
@@ -250,6 +267,18 @@ class ComposedLinearOperator(AbstractLinearOperator):
     def out_structure(self):
         dtype = _tree.structure_dtype(self.operator2.out_structure())
         return _promote(self.operator1.out_structure(), dtype)
+
+
+def _adjoint_of(a: Any, b: Any) -> bool:
+    """Whether `a` was made as the adjoint of `b`: `b.T` for a real `b`; `conj(b.T)` or
+    `conj(b).T` for a complex one (recorded by `transpose()` and `lx.conj`)."""
+    if not isinstance(b, AbstractLinearOperator):
+        return False
+    real = not (
+        _tree.is_complex_structure(b.in_structure()) or _tree.is_complex_structure(b.out_structure())
+    )
+    # For a real `b` its adjoint is its transpose, however reached (`b.T`, `conj(b).T`).
+    return origin(a, "adjoint") is b or (real and origin(a, "transpose") is b)
 
 
 def _check_operator(operator: Any, name: str) -> None:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import _tree
-from .base import AbstractLinearOperator
+from .base import AbstractLinearOperator, note_origin
 from .composite import (
     AddLinearOperator,
     ComposedLinearOperator,
@@ -30,6 +30,7 @@ from .matrix import MatrixLinearOperator
 from .pytree import PyTreeLinearOperator
 from .tags import (
     diagonal_tag,
+    hermitian_tag,
     lower_triangular_tag,
     negative_semidefinite_tag,
     positive_semidefinite_tag,
@@ -159,7 +160,9 @@ def _tag_rule_symmetric(op):
     inner = _tagged_inner(op)
     if symmetric_tag in t or diagonal_tag in t:
         return True
-    if _is_real(op) and (positive_semidefinite_tag in t or negative_semidefinite_tag in t):
+    if _is_real(op) and (
+        positive_semidefinite_tag in t or negative_semidefinite_tag in t or hermitian_tag in t
+    ):
         return True
     return inner is not None and is_symmetric(inner)
 
@@ -321,6 +324,8 @@ def _(op):
 @is_symmetric.register(ComposedLinearOperator)
 def _(op):
     a, b = op.operator1, op.operator2
+    if op.gram and _is_real(op):  # Aᵀ A
+        return True
     if _identity_square(a):
         return is_symmetric(b)
     if _identity_square(b):
@@ -364,7 +369,8 @@ def _composed_definite(op, pred):
 
 @is_positive_semidefinite.register(ComposedLinearOperator)
 def _(op):
-    return _composed_definite(op, is_positive_semidefinite)
+    # A Gram product Aᴴ A (or A Aᴴ) is positive semidefinite whatever A is.
+    return op.gram or _composed_definite(op, is_positive_semidefinite)
 
 
 @is_negative_semidefinite.register(ComposedLinearOperator)
@@ -772,7 +778,57 @@ def _(op):
 
 @conj.register(ComposedLinearOperator)
 def _(op):
-    return ComposedLinearOperator(conj(op.operator1), conj(op.operator2))
+    return ComposedLinearOperator(conj(op.operator1), conj(op.operator2), gram=op.gram)
+
+
+def _note_conj(dispatch):
+    """`conj` that notes on its result which operator it conjugates (see `base.note_origin`), so
+    that `lx.conj(A.T) @ A` is recognised as a Gram product; registration passes through."""
+
+    @functools.wraps(dispatch)
+    def conj(operator: Any) -> AbstractLinearOperator:
+        out = dispatch(operator)
+        note_origin(out, "conj", operator)
+        return out
+
+    conj.register = dispatch.register
+    conj.dispatch = dispatch.dispatch
+    conj.registry = dispatch.registry
+    return conj
+
+
+conj = _note_conj(conj)
+
+
+def is_hermitian(operator: Any) -> bool:
+    """Whether `operator` is known to equal its adjoint (conjugate transpose) `Aᴴ`: tagged
+    `lx.hermitian_tag`; or positive or negative semidefinite (for complex operators those tags mean
+    Hermitian); or real and symmetric. Sums and negations of Hermitian operators, and their
+    scalings by real Python numbers, are Hermitian. This is what MINRES needs (it takes indefinite
+    operators); for a complex operator, `lx.symmetric_tag` means `A = Aᵀ`, which is not Hermitian.
+
+    ```python
+    H = lx.MatrixLinearOperator(h, lx.hermitian_tag)   # complex Hermitian, indefinite
+    lx.linear_solve(H, b, lx.MINRES(rtol=1e-8, atol=1e-8))
+    ```
+    """
+    if not isinstance(operator, AbstractLinearOperator):
+        _unregistered("is_hermitian", operator)
+    if is_positive_semidefinite(operator) or is_negative_semidefinite(operator):
+        return True
+    if _is_real(operator) and is_symmetric(operator):
+        return True
+    if hermitian_tag in getattr(operator, "tags", frozenset()):
+        return True
+    if isinstance(operator, TaggedLinearOperator | NegLinearOperator):
+        return is_hermitian(operator.operator)
+    if isinstance(operator, AddLinearOperator):
+        return is_hermitian(operator.operator1) and is_hermitian(operator.operator2)
+    if isinstance(operator, MulLinearOperator | DivLinearOperator):
+        return operator.sign is not None and is_hermitian(operator.operator)
+    if isinstance(operator, IdentityLinearOperator):
+        return _identity_square(operator)
+    return False
 
 
 def _conj_scalar(s):
@@ -788,6 +844,7 @@ __all__ = [
     "diagonal",
     "has_unit_diagonal",
     "is_diagonal",
+    "is_hermitian",
     "is_lower_triangular",
     "is_negative_semidefinite",
     "is_positive_semidefinite",

@@ -30,6 +30,10 @@ lower_triangular_tag = _Tag("lower_triangular_tag")
 upper_triangular_tag = _Tag("upper_triangular_tag")
 positive_semidefinite_tag = _Tag("positive_semidefinite_tag")
 negative_semidefinite_tag = _Tag("negative_semidefinite_tag")
+# Equal to its adjoint (conjugate transpose), possibly indefinite: what MINRES needs of a complex
+# operator. (For real operators it is `symmetric_tag`; for complex ones `symmetric_tag` means
+# `A = Aᵀ`, which is not Hermitian.)
+hermitian_tag = _Tag("hermitian_tag")
 
 ALL_TAGS = frozenset(
     {
@@ -41,6 +45,7 @@ ALL_TAGS = frozenset(
         upper_triangular_tag,
         positive_semidefinite_tag,
         negative_semidefinite_tag,
+        hermitian_tag,
     }
 )
 
@@ -55,6 +60,7 @@ SQUARE_ONLY_TAGS = frozenset(
         upper_triangular_tag,
         positive_semidefinite_tag,
         negative_semidefinite_tag,
+        hermitian_tag,
     }
 )
 
@@ -112,6 +118,7 @@ for _tag in (
     unit_diagonal_tag,
     positive_semidefinite_tag,
     negative_semidefinite_tag,
+    hermitian_tag,  # Aᵀ = conj(A), Hermitian too
 ):
     transpose_tags_rules.append(_keep_rule(_tag))
 transpose_tags_rules.append(_map_rule(lower_triangular_tag, upper_triangular_tag))

@@ -9,11 +9,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _tree
-from ..linops.functions import (
-    is_negative_semidefinite,
-    is_positive_semidefinite,
-    is_symmetric,
-)
+from ..linops.functions import is_hermitian
 from . import _krylov as K
 from ._misc import check_square
 from .base import AbstractLinearSolver
@@ -78,16 +74,13 @@ class MINRES(AbstractLinearSolver):
 
     def init(self, operator, options):
         check_square(operator, "MINRES")
-        complex_ = _tree.is_complex_structure(
-            operator.in_structure()
-        ) or _tree.is_complex_structure(operator.out_structure())
-        hermitian = is_positive_semidefinite(operator) or is_negative_semidefinite(operator)
-        if not (hermitian or (not complex_ and is_symmetric(operator))):
+        if not is_hermitian(operator):
             raise ValueError(
                 "MINRES needs a symmetric (Hermitian) operator: tag a real operator with "
-                "`lx.symmetric_tag`, or a (real or complex) Hermitian one with "
-                "`lx.positive_semidefinite_tag` / `lx.negative_semidefinite_tag`. For a "
-                "nonsymmetric operator use `lx.GMRES` or `lx.BiCGStab`."
+                "`lx.symmetric_tag`, a complex Hermitian one (indefinite or not) with "
+                "`lx.hermitian_tag` (or `lx.positive_semidefinite_tag` / "
+                "`lx.negative_semidefinite_tag` if definite). For a nonsymmetric operator use "
+                "`lx.GMRES` or `lx.BiCGStab`."
             )
         K.check_options("MINRES", operator, options, least_squares=False)
         return K.KrylovState(operator)
