@@ -322,13 +322,34 @@ def test_pardiso_tags_select_matrix_types(rng, tag, kind):
 
 
 @needs_pardiso
-def test_pardiso_rejects_complex_and_auto_falls_back(rng):
-    a = random_sparse(rng, 10, complex_=True)
-    with pytest.raises(ValueError, match="superlu"):
-        lx.linear_solve(op_of(a), jnp.ones(10, jnp.complex128), lx.SparseLU("pardiso"))
-    # Complex: UMFPACK when SuiteSparse is installed, else SuperLU.
-    assert lx.SparseLU().init(op_of(a), {}).backend in ("umfpack", "superlu")
-    assert lx.SparseLU().init(op_of(random_sparse(rng, 10)), {}).backend == "pardiso"
+@pytest.mark.parametrize("dtype", [np.float32, np.complex64, np.complex128])
+def test_pardiso_native_precisions(rng, dtype):
+    """PARDISO factorizes float32/complex64 in single precision and complex128 natively: results
+    in the operator's dtype, forward, transposed (reverse-mode) and value gradients against dense
+    references; auto picks PARDISO for all of them."""
+    complex_ = np.dtype(dtype).kind == "c"
+    a = random_sparse(rng, 30, complex_=complex_)
+    a = sp.coo_matrix((a.data.astype(dtype), (a.row, a.col)), shape=a.shape)
+    op = op_of(a)
+    assert lx.SparseLU().init(op, {}).backend == "pardiso"
+    b = (rng.normal(size=30) + (1j * rng.normal(size=30) if complex_ else 0)).astype(dtype)
+    single = np.dtype(dtype) in (np.float32, np.complex64)
+    tol = {"rtol": 2e-4, "atol": 1e-5} if single else {"rtol": 1e-9, "atol": 1e-12}
+    dense = a.toarray().astype(np.complex128 if complex_ else np.float64)
+    x = lx.linear_solve(op, jnp.asarray(b), lx.SparseLU("pardiso")).value
+    assert x.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(x, np.linalg.solve(dense, b.astype(dense.dtype)), **tol)
+
+    def loss(v, b):
+        o = lx.SparseCOOLinearOperator(v, op.rows, op.cols, op.shape)
+        return jnp.sum(jnp.abs(lx.linear_solve(o, b, lx.SparseLU("pardiso")).value) ** 2)
+
+    gv, gb = jax.grad(loss, argnums=(0, 1))(op.values, jnp.asarray(b))
+    ref_m, ref_b = jax.grad(
+        lambda m, b: jnp.sum(jnp.abs(jnp.linalg.solve(m, b)) ** 2), argnums=(0, 1)
+    )(jnp.asarray(dense), jnp.asarray(b.astype(dense.dtype)))
+    np.testing.assert_allclose(gb, ref_b, **tol)
+    np.testing.assert_allclose(gv, ref_m[op.rows, op.cols], **tol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,11 +674,16 @@ def test_auto_backend_choice(monkeypatch):
     assert _solver.resolve_backend("auto", np.float64, "gpu") == "cudss"
     assert _solver.resolve_backend("auto", np.float32, "cpu") == "pardiso"
     assert _solver.resolve_backend("auto", np.float64, "cpu", "spd") == "pardiso"
+    assert _solver.resolve_backend("auto", np.complex128, "cpu") == "pardiso"
+    monkeypatch.setattr(_pardiso, "available", lambda: False)
     assert _solver.resolve_backend("auto", np.complex128, "cpu") == "superlu"
+    monkeypatch.setattr(_pardiso, "available", lambda: True)
     # With SuiteSparse: CHOLMOD for positive definite tags, then PARDISO, then UMFPACK.
     monkeypatch.setattr(_suitesparse, "available", lambda: True)
     assert _solver.resolve_backend("auto", np.float64, "cpu", "spd") == "cholmod"
     assert _solver.resolve_backend("auto", np.float64, "cpu", "symmetric") == "pardiso"
+    assert _solver.resolve_backend("auto", np.complex128, "cpu") == "pardiso"
+    monkeypatch.setattr(_pardiso, "is_x86", lambda: False)
     assert _solver.resolve_backend("auto", np.complex128, "cpu") == "umfpack"
     monkeypatch.setattr(_suitesparse, "available", lambda: False)
     monkeypatch.setattr(_pardiso, "is_x86", lambda: False)

@@ -8,7 +8,6 @@ import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 
-from .. import _tree
 from ..linops.functions import is_hermitian
 from . import _krylov as K
 from ._misc import check_square

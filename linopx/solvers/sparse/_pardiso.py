@@ -8,12 +8,15 @@ held at once (`maxfct`/`mnum`), and transposed solves (`iparm[11] = 2`, 0-based,
 the 1-based numbering of Intel's reference: "solve a transposed system Aᵀx = b based on the
 factorization of the matrix A"). Zero-based indices: `iparm[34] = 1`.
 
-Real float64 only here: float32 is upcast to float64 by the caller (and the result cast back);
-complex matrices are left to SuperLU.
+Native precisions: float64 and complex128, and float32 and complex64 in PARDISO's single-precision
+mode (`iparm[27] = 1`: the matrix, right-hand sides and solutions are all single precision; the
+factorization runs in single precision too, as SuperLU's does for float32).
 
 Matrix types (Intel oneMKL PARDISO reference, `mtype`): 11 real unsymmetric, -2 real symmetric
-indefinite, 2 real symmetric positive definite. The symmetric types read the upper triangle of the
-CSR matrix, with every diagonal entry stored.
+indefinite, 2 real symmetric positive definite, 13 complex unsymmetric. The symmetric types read
+the upper triangle of the CSR matrix, with every diagonal entry stored. Transposed solves use
+`iparm[11] = 2`, the plain transpose (1 would be the conjugate transpose), for complex matrices
+too.
 
 **Determinants.** oneMKL PARDISO has no determinant output: the `iparm[32]` switch with its result
 in `dparm[32]` belongs to the other PARDISO (Panua's pardiso-project library, whose `pardiso` takes
@@ -88,25 +91,27 @@ def _library():
 
 
 def factor_dtype(dtype) -> np.dtype:
+    """PARDISO factorizes in the operator's own precision (single or double, real or complex)."""
     dtype = np.dtype(dtype)
-    if dtype.kind == "c":
+    if dtype.kind not in "fc" or dtype.itemsize not in (4, 8, 16):
         raise ValueError(
-            "SparseLU(backend='pardiso') supports real matrices only (float32 is upcast to float64); "
-            "for complex matrices use SparseLU(backend='superlu') or backend='auto'."
+            f"SparseLU(backend='pardiso') takes float32, float64, complex64 or complex128, got "
+            f"{dtype}."
         )
-    return np.dtype(np.float64)
+    return dtype
 
 
 class _Handle:
     """One PARDISO instance (`pt`) holding the analysis of one pattern and up to `SLOTS` numeric
     factorizations of it."""
 
-    def __init__(self, pattern: SparsityPattern, mtype: int):
+    def __init__(self, pattern: SparsityPattern, mtype: int, dtype):
         self.fn = _library()
         self.pattern = pattern
         self.mtype = mtype
+        self.dtype = np.dtype(dtype)
         self.n = pattern.shape[0]
-        self.layout = _layout.csr(pattern, upper=mtype != 11, diagonal=True)
+        self.layout = _layout.csr(pattern, upper=mtype not in (11, 13), diagonal=True)
         self.pt = np.zeros(64, np.int64)
         self.iparm = np.zeros(64, np.int32)
         ip = self.iparm
@@ -114,12 +119,13 @@ class _Handle:
         ip[1] = 3  # METIS nested dissection ordering, its parallel (OpenMP) version (as pypardiso)
         ip[7] = 0  # iterative refinement: automatic (two steps if pivots were perturbed)
         # Pivot perturbation threshold 1e-13 (unsymmetric) / 1e-8 (symmetric), Intel's defaults.
-        ip[9] = 13 if mtype == 11 else 8
+        ip[9] = 13 if mtype in (11, 13) else 8
         ip[10] = 0 if mtype == 2 else 1  # scaling (not for SPD)
         ip[12] = 0 if mtype == 2 else 1  # weighted matching (not for SPD)
         ip[17] = -1  # report the number of nonzeros in the factors
         ip[55] = 1 if mtype == 2 else 0  # `pardiso_getdiag` (the SPD log-determinant, see above)
         ip[34] = 1  # zero-based indices
+        ip[27] = 1 if self.dtype.itemsize == 4 or self.dtype == np.complex64 else 0  # precision
         self.lock = threading.Lock()
         self.free = list(range(1, SLOTS + 1))
         self.analysed = False
@@ -153,7 +159,7 @@ class _Handle:
 
     def factorize(self, values: np.ndarray):
         """Return `(factor, nbytes)` with a free slot, or None when all slots are in use."""
-        data = self.layout.data(values, np.float64)
+        data = self.layout.data(values, self.dtype)
         with self.lock:
             if not self.free:
                 return None
@@ -185,9 +191,9 @@ class _Handle:
         import scipy.sparse as sp
 
         a = sp.csr_matrix((data, self.layout.indices, self.layout.indptr), shape=self.pattern.shape)
-        if self.mtype != 11:
+        if self.mtype not in (11, 13):
             a = a + sp.triu(a, 1).T  # the full symmetric matrix, for the norm only
-        if not condition_check(a, factor, np.float64):
+        if not condition_check(a, factor, self.dtype):
             factor.close()
             return SINGULAR, 0
         return factor, nbytes
@@ -218,12 +224,12 @@ class PardisoFactor:
     def solve(self, b: np.ndarray, transposed: bool) -> np.ndarray:
         h = self.handle
         vec = b.ndim == 1
-        b2 = np.asfortranarray(b.reshape(b.shape[0], -1), dtype=np.float64)
+        b2 = np.asfortranarray(b.reshape(b.shape[0], -1), dtype=h.dtype)
         x = np.zeros_like(b2, order="F")
         with h.lock:
             # iparm[11]: 0 normal, 2 transposed solve with the factors of A. For the symmetric
             # types Aᵀ = A, and PARDISO is told nothing.
-            h.iparm[11] = 2 if (transposed and h.mtype == 11) else 0
+            h.iparm[11] = 2 if (transposed and h.mtype in (11, 13)) else 0
             err = h._call(33, self.slot, self.data, b2, x, b2.shape[1])
             h.iparm[11] = 0
         if err != 0:
@@ -235,7 +241,7 @@ class PardisoFactor:
         (`pardiso_getdiag`, see the module docstring); `None` for the other matrix types, whose
         diagonal does not give the determinant."""
         h = self.handle
-        if h.mtype != 2 or _getdiag is None:
+        if h.mtype != 2 or _getdiag is None or h.dtype != np.float64:
             return None
         df = np.zeros(h.n, np.float64)
         da = np.zeros(h.n, np.float64)
@@ -265,15 +271,18 @@ analyses = 0
 
 def factorize(pattern: SparsityPattern, values: np.ndarray, dtype, kind: str):
     global analyses
-    mtype = MTYPES[kind]
-    key = (pattern, mtype)
+    dtype = np.dtype(dtype)
+    # Complex matrices: the unsymmetric type (the tags' definiteness means Hermitian there, which
+    # `kind` does not carry for complex values).
+    mtype = 13 if dtype.kind == "c" else MTYPES[kind]
+    key = (pattern, mtype, dtype.str)
     while True:
         with _handles_lock:
             handles = _handles.setdefault(key, [])
             _handles[key] = _handles.pop(key)  # most recently used last
             fresh = False
             if not handles or not any(h.free for h in handles):
-                handles.append(_Handle(pattern, mtype))
+                handles.append(_Handle(pattern, mtype, dtype))
                 analyses += 1
                 fresh = True
             handle = next(h for h in handles if h.free)

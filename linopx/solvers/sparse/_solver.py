@@ -79,12 +79,7 @@ def resolve_backend(backend: str, dtype, platform: str, kind: str = "general") -
             return "cudss"
         if kind == "spd" and _suitesparse.available():
             return "cholmod"
-        if (
-            dtype.kind == "f"
-            and dtype.itemsize in (4, 8)
-            and _pardiso.is_x86()
-            and _pardiso.available()
-        ):
+        if dtype.kind in "fc" and _pardiso.is_x86() and _pardiso.available():
             return "pardiso"
         if _suitesparse.available():
             return "umfpack"
@@ -97,7 +92,7 @@ def resolve_backend(backend: str, dtype, platform: str, kind: str = "general") -
                 "SparseLU(backend='pardiso') needs Intel MKL PARDISO through pypardiso: "
                 f'`{MKL_HINT}` (x86 only). Or use backend="superlu" (always available) or "auto".'
             )
-        _pardiso.factor_dtype(dtype)  # raises for complex, naming superlu
+        _pardiso.factor_dtype(dtype)  # raises for dtypes it does not take
     if backend == "cudss":
         _cudss.check_available()
     return backend
@@ -124,10 +119,11 @@ class SparseLU(AbstractLinearSolver):
         - `"superlu"`: SciPy's `splu` (SuperLU), always available, single-threaded, float32, float64,
           complex64 and complex128. The column ordering is chosen from the pattern: minimum degree on
           `Aᵀ + A` for a structurally symmetric pattern, COLAMD otherwise.
-        - `"pardiso"`: Intel MKL PARDISO (multithreaded, x86 only; `pip install "linopx[mkl]"`). Real
-          matrices only: float32 is factorized in float64 and the result cast back; complex raises
-          (use `"superlu"`). A `symmetric_tag` selects PARDISO's symmetric indefinite factorization,
-          a `positive_semidefinite_tag` its Cholesky (the matrix must then be definite).
+        - `"pardiso"`: Intel MKL PARDISO (multithreaded, x86 only; `pip install "linopx[mkl]"`),
+          in the operator's own precision: float64, complex128, and float32/complex64 in its
+          single-precision mode. For real matrices a `symmetric_tag` selects PARDISO's symmetric
+          indefinite factorization, a `positive_semidefinite_tag` its Cholesky (the matrix must
+          then be definite); complex matrices use its unsymmetric type.
         - `"umfpack"`: SuiteSparse's UMFPACK through kvxopt (`pip install "linopx[suitesparse]"`,
           GPL-licensed): float64 and complex128 (single precision factorized in double); the
           symbolic analysis is done once per pattern. Several times faster than SuperLU on 3-D
@@ -136,7 +132,7 @@ class SparseLU(AbstractLinearSolver):
           (`pip install "linopx[cuda]"`).
         - `"auto"` (default): cuDSS for arrays on a GPU when installed; on the CPU, for a positive
           definite tag CHOLMOD's Cholesky (`linopx[suitesparse]`) when installed; then PARDISO
-          (x86, float32/float64), then UMFPACK, when installed; else SuperLU.
+          (x86), then UMFPACK, when installed; else SuperLU.
 
     **What it computes:** `x = A⁻¹ b` for a nonsingular `A`. A singular (or numerically singular)
     matrix gives `lx.RESULTS.singular` (an error with `throw=True`); NaN or infinite values give
