@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import functools
 import numbers
+import threading
 import weakref
 from typing import Any
 
@@ -143,28 +144,54 @@ class AbstractLinearOperator(eqx.Module):
         )
 
 
+# What `transpose()` and `lx.conj` made each operator from: `id(result) -> (weakref to result,
+# {how: weakref to source})`, entries removed when the result dies. Kept outside the operators (an
+# attribute on them would change their equality and hashing).
+_ORIGINS: dict = {}
+_ORIGINS_LOCK = threading.Lock()
+
+
 def note_origin(result: Any, how: str, source: Any) -> None:
-    """Record on the operator `result` that it is `how` ("transpose" or "conj") of `source`, and,
-    when `source` is itself the other one of something, that `result` is the "adjoint" of that
+    """Record that the operator `result` is `how` ("transpose" or "conj") of `source`, and, when
+    `source` is itself the other one of something, that `result` is the "adjoint" of that
     (`conj(A.T)`, `conj(A).T`: recorded here, while the intermediate is alive). Weak references:
     nothing is kept alive. Read by `origin`. Only the object made by the call carries it: a copy
     rebuilt from leaves (e.g. crossing a `jit` boundary) does not."""
     if result is source or not isinstance(result, AbstractLinearOperator):
         return
     other = {"transpose": "conj", "conj": "transpose"}[how]
+    inner = origin(source, other)
     try:
-        object.__setattr__(result, f"_linopx_{how}_of", weakref.ref(source))
-        inner = origin(source, other)
+        result_ref = weakref.ref(result)
+        notes = {how: weakref.ref(source)}
         if inner is not None:
-            object.__setattr__(result, "_linopx_adjoint_of", weakref.ref(inner))
-    except (AttributeError, TypeError):  # an operator class that refuses attributes: no record
-        pass
+            notes["adjoint"] = weakref.ref(inner)
+    except TypeError:  # an operator that cannot be weakly referenced: no record
+        return
+    key = id(result)
+    with _ORIGINS_LOCK:
+        entry = _ORIGINS.get(key)
+        if entry is not None and entry[0]() is result:
+            entry[1].update(notes)
+            return
+        _ORIGINS[key] = (result_ref, notes)
+    weakref.finalize(result, _forget_origin, key, result_ref)
+
+
+def _forget_origin(key: int, result_ref) -> None:
+    with _ORIGINS_LOCK:
+        entry = _ORIGINS.get(key)
+        if entry is not None and entry[0] is result_ref:
+            del _ORIGINS[key]
 
 
 def origin(operator: Any, how: str) -> Any:
     """The operator that `operator` was made from by `how` ("transpose", "conj" or "adjoint"), if
     recorded and still alive, else None."""
-    ref = getattr(operator, f"_linopx_{how}_of", None)
+    entry = _ORIGINS.get(id(operator))
+    if entry is None or entry[0]() is not operator:
+        return None
+    ref = entry[1].get(how)
     return ref() if ref is not None else None
 
 
