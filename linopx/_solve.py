@@ -16,7 +16,6 @@ from ._solution import RESULTS, Solution
 from .autodiff._checks import classify, raise_if_failed, run_eagerly
 from .autodiff.primitive import bind_solve
 from .linops.base import AbstractLinearOperator
-from .solvers._damped import is_damped, undamp
 from .solvers._misc import widen_structure
 from .solvers.auto import AutoLinearSolver
 from .solvers.base import AbstractLinearSolver
@@ -94,7 +93,10 @@ def _check_solver(solver: Any) -> None:
 
 def _check_dtypes(operator: AbstractLinearOperator) -> None:
     """Reject operators in a dtype no solver handles (float16, bfloat16), naming the cast."""
-    for side, structure in (("input", operator.in_structure()), ("output", operator.out_structure())):
+    for side, structure in (
+        ("input", operator.in_structure()),
+        ("output", operator.out_structure()),
+    ):
         for leaf in jax.tree_util.tree_leaves(structure):
             if jnp.dtype(leaf.dtype) not in _SOLVE_DTYPES:
                 raise TypeError(
@@ -158,10 +160,29 @@ def _check_value(operator, vector, value) -> None:
         )
 
 
+def _reformulate(solver, operator, vector, options) -> tuple:
+    """Call `solver.reformulate` and check what it returns."""
+    out = solver.reformulate(operator, vector, options)
+    if not (isinstance(out, tuple) and len(out) == 4):
+        raise TypeError(
+            f"{type(solver).__name__}.reformulate must return a tuple `(operator, vector, solver, "
+            f"rebuild_state)`, got {type(out).__name__}."
+        )
+    operator, vector, new_solver, rebuild_state = out
+    _check_operator(operator)
+    _check_solver(new_solver)
+    if not isinstance(rebuild_state, (bool, np.bool_)):
+        raise TypeError(
+            f"{type(solver).__name__}.reformulate must return `rebuild_state` as True or False, "
+            f"got {rebuild_state!r}."
+        )
+    return operator, vector, new_solver, bool(rebuild_state)
+
+
 def linear_solve(
     operator: AbstractLinearOperator,
     vector: PyTree,
-    solver: AbstractLinearSolver = AutoLinearSolver(well_posed=None),
+    solver: AbstractLinearSolver = AutoLinearSolver(well_posed=None),  # noqa: B008
     *,
     options: dict[str, Any] | None = None,
     state: Any = None,
@@ -264,14 +285,14 @@ def _linear_solve(operator, vector, solver, options, state, throw) -> Solution:
     _check_dtypes(operator)
     if _is_empty(operator):
         return _empty_solve(operator, vector, solver, _check_options(options))
-    if is_damped(solver):
-        # Damped LSQR/LSMR minimise |Ax - b|² + damp²|x|², whose solution is not A⁺b. Solve the
-        # equivalent undamped least-squares problem for [A; damp I] and (b, 0) instead, so that the
-        # pseudoinverse derivative rules are exact (see `solvers/_damped.py`). A `state` built for
-        # the unstacked operator does not fit; iterative solvers' `init` is cheap, so rebuild it.
-        operator, vector, solver = undamp(operator, vector, solver)
-        state = None
     options = _stop_gradient(_check_options(options))
+    # The solver may solve an equivalent problem whose pseudoinverse solution is what it computes,
+    # so that the derivative rules of the primitive are exact for it (see
+    # `AbstractLinearSolver.reformulate`). If a `state` made for the original operator does not
+    # fit the new problem, the solver says so and the state is rebuilt.
+    operator, vector, solver, rebuild_state = _reformulate(solver, operator, vector, options)
+    if rebuild_state:
+        state = None
     if state is None:
         state = solver.init(_stop_gradient(operator), options)
     else:
@@ -317,7 +338,9 @@ class _InverseLinearOperator(AbstractLinearOperator):
 
     def transpose(self):
         if self.state is None:  # an empty operator: nothing was factorized
-            return _InverseLinearOperator(self.operator.transpose(), self.solver, None, self.options)
+            return _InverseLinearOperator(
+                self.operator.transpose(), self.solver, None, self.options
+            )
         state, options = self.solver.transpose(self.state, self.options)
         return _InverseLinearOperator(self.operator.transpose(), self.solver, state, options)
 
@@ -330,7 +353,7 @@ class _InverseLinearOperator(AbstractLinearOperator):
 
 def invert(
     operator: AbstractLinearOperator,
-    solver: AbstractLinearSolver = AutoLinearSolver(well_posed=None),
+    solver: AbstractLinearSolver = AutoLinearSolver(well_posed=None),  # noqa: B008
     *,
     options: dict[str, Any] | None = None,
 ) -> AbstractLinearOperator:

@@ -1,11 +1,14 @@
 """Damped least squares as an undamped one: `min |A x - b|² + d² |x|²` is exactly the least-squares
 problem for the stacked operator `[A; d I]` and right-hand side `(b, 0)`.
 
-`linear_solve` applies this rewrite for `LSQR`/`LSMR` with `damp != 0`. The stacked operator has
-independent columns (for `d != 0`), so its least-squares solution is its pseudoinverse solution, and
-the pseudoinverse derivative rules of the solve primitive give exact derivatives, also with respect
-to `d` itself. (The damped solution `(AᴴA + d²I)⁻¹Aᴴb` is not `A⁺b`, so differentiating the damped
-solve as if it were would be wrong.)
+`LSQR` and `LSMR` apply this rewrite in their `reformulate` hook (which `linear_solve` calls before
+`init`) when `damp != 0`. The stacked operator has independent columns (for `d != 0`), so its
+least-squares solution is its pseudoinverse solution, and the pseudoinverse derivative rules of the
+solve primitive give exact derivatives, also with respect to `d` itself. (The damped solution
+`(AᴴA + d²I)⁻¹Aᴴb` is not `A⁺b`, so differentiating the damped solve as if it were would be wrong.)
+
+This module imports neither solver: they import it (no import cycle). It works on any solver with
+a `damp` field.
 """
 
 from __future__ import annotations
@@ -92,15 +95,9 @@ def _register() -> None:
 _register()
 
 
-def is_damped(solver: Any) -> bool:
-    """Whether `solver` is an `LSQR`/`LSMR` whose `damp` is not a concrete zero (a traced `damp`
-    counts as damped: the rewrite is exact for `damp == 0` too)."""
-    from .lsmr import LSMR
-    from .lsqr import LSQR
-
-    if not isinstance(solver, (LSQR, LSMR)):
-        return False
-    damp = solver.damp
+def is_damped(damp: Any) -> bool:
+    """Whether a solver's `damp` is not a concrete zero (a traced `damp` counts as damped: the
+    rewrite is exact for `damp == 0` too)."""
     if isinstance(damp, numbers.Number):
         return damp != 0
     if isinstance(damp, jax.core.Tracer):
@@ -109,9 +106,21 @@ def is_damped(solver: Any) -> bool:
 
 
 def undamp(operator: AbstractLinearOperator, vector: Any, solver: Any):
-    """Return `(stacked operator, (vector, 0), solver with damp=0)` for a damped `LSQR`/`LSMR`."""
+    """Return `(stacked operator, (vector, 0), solver with damp=0)` for a solver with a `damp`
+    field."""
     real = jnp.finfo(_tree.structure_dtype(operator.in_structure())).dtype
     damp = jnp.asarray(solver.damp).astype(real)
     stacked = _StackedLinearOperator(operator, damp)
     zeros = _tree.tree_zeros(operator.in_structure())
     return stacked, (vector, zeros), eqx.tree_at(lambda s: s.damp, solver, 0.0)
+
+
+def reformulate(solver: Any, operator: AbstractLinearOperator, vector: Any):
+    """`AbstractLinearSolver.reformulate` for a least-squares solver with a `damp` field: the
+    problem unchanged when undamped, else the stacked undamped problem of `undamp`, with
+    `rebuild_state=True` (a state made for `A` does not fit `[A; d I]`; an iterative solver's
+    `init` is cheap)."""
+    if not is_damped(solver.damp):
+        return operator, vector, solver, False
+    operator, vector, solver = undamp(operator, vector, solver)
+    return operator, vector, solver, True

@@ -29,6 +29,8 @@ class AbstractLinearSolver(eqx.Module):
     - `allow_dependent_rows` / `allow_dependent_columns` say whether the solver returns the
       pseudoinverse solution when `A` has linearly dependent rows / columns. They select which terms
       of the pseudoinverse derivative are needed, so they must be truthful.
+
+    Optional: `reformulate` (solve an equivalent problem instead; see its docstring).
     """
 
     # Set by built-in solvers whose `compute` already reports a non-finite solution in its result,
@@ -98,6 +100,43 @@ class AbstractLinearSolver(eqx.Module):
             inverse_transpose(self, state, operator, options),
             tangent(lambda op: op.as_matrix()),
         )
+
+    # -----------------------------------------------------------------------------------------
+    # Optional: reformulating the problem (`lx.linear_solve`)
+
+    def reformulate(
+        self, operator: AbstractLinearOperator, vector: PyTree, options: Options
+    ) -> tuple[AbstractLinearOperator, PyTree, AbstractLinearSolver, bool]:
+        """Optional. Return `(operator, vector, solver, rebuild_state)`: the problem that
+        `lx.linear_solve` solves in place of `A x = b` with this solver. The default returns
+        `(operator, vector, self, False)`: nothing changes.
+
+        Use it when what the solver computes is not `A⁺ b` but is the pseudoinverse solution of
+        an equivalent problem, so that the solve primitive's derivative rules (which assume
+        `x = A⁺ b`) hold for the problem actually solved. `LSQR` and `LSMR` with `damp = d`
+        return the stacked operator `[A; d I]`, the vector `(b, 0)` and themselves with
+        `damp = 0`.
+
+        **When it is called:** by `lx.linear_solve`, once per call, while tracing: after the
+        operator, vector and options are checked, before `init` is called (or a passed `state` is
+        checked); not for an operator with no rows or no columns. `lx.invert` does not call it
+        itself: it calls `self.init` on the original operator (which must therefore accept it),
+        and each of its `mv`s is an `lx.linear_solve` with that state, which calls it.
+        `lx.slogdet` never calls it. The returned solver's own `reformulate` is not called.
+
+        **What it may change:** the operator, the vector and the solver. `options` (already
+        checked, with gradients stopped) are passed unchanged to the new problem, so the returned
+        operator must keep the input structure of `operator`: its pseudoinverse solution is
+        returned as the solution, and `init`, `compute` and the derivative rules see only the
+        reformulated problem. Derivatives flow through this method to the operator, the vector
+        and the solver's array fields, so write it in JAX operations and decide what to do from
+        static information (types, shapes, tags, Python numbers), not from traced values.
+
+        `rebuild_state=True` says that a `state` made by `self.init` for the original operator
+        does not fit the new problem: a `state` the caller passed is then discarded and the
+        returned solver's `init` builds one for the returned operator. With `False`, a passed
+        `state` is used (and checked) with the returned solver and operator."""
+        return operator, vector, self, False
 
     def assume_full_rank(self, operator: AbstractLinearOperator | None = None) -> bool:
         """Whether the solver assumes full rank (rank `min(m, n)`): Lineax's name for what

@@ -8,6 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jax import lax
 
+from . import _damped
 from . import _krylov as K
 from .base import AbstractLinearSolver
 from .lsqr import _safe_inv, check_damp, run_least_squares, setup
@@ -30,8 +31,9 @@ class LSMR(AbstractLinearSolver):
     for non-square sparse operators.
 
     With `damp = d > 0` it minimises `|A x - b|² + d² |x|²` (SciPy's meaning), solution
-    `(AᴴA + d²I)⁻¹ Aᴴ b`; `lx.linear_solve` solves this as the undamped problem for `[A; d I]`
-    and `(b, 0)`, so derivatives (also with respect to `d`) are exact.
+    `(AᴴA + d²I)⁻¹ Aᴴ b`; through `reformulate`, `lx.linear_solve` solves this as the undamped
+    problem for `[A; d I]` and `(b, 0)`, so derivatives (also with respect to `d`) are exact; a
+    `state` passed with `damp != 0` is rebuilt for the stacked operator.
 
     **Convergence** (Paige–Saunders stopping tests, as `scipy.sparse.linalg.lsmr`, with our
     `rtol` in the roles of SciPy's `atol` and `btol`): stops when
@@ -78,12 +80,14 @@ class LSMR(AbstractLinearSolver):
         K.check_options("LSMR", operator, options, least_squares=True)
         return K.KrylovState(operator)
 
-    def compute(self, state: K.KrylovState, vector, options):
-        from ._damped import is_damped, undamp
+    def reformulate(self, operator, vector, options):
+        # Damped: solve the undamped problem for [A; damp I] and (b, 0) (see `_damped.py`).
+        return _damped.reformulate(self, operator, vector)
 
-        if is_damped(self):
-            # Reached only when called directly: `linear_solve` rewrites damped solves first.
-            operator, vector, solver = undamp(state.operator, vector, self)
+    def compute(self, state: K.KrylovState, vector, options):
+        operator, vector, solver, rebuilt = _damped.reformulate(self, state.operator, vector)
+        if rebuilt:
+            # Reached only when called directly: `linear_solve` reformulates damped solves first.
             return solver.compute(K.KrylovState(operator), vector, options)
         s = setup("LSMR", self, state.operator, vector, options)
         dtype = s.dtype

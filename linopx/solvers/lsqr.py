@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from . import _damped
 from . import _krylov as K
 from ._misc import check_real_scalar
 from .base import AbstractLinearSolver
@@ -113,9 +114,10 @@ class LSQR(AbstractLinearSolver):
     as its `|Aᴴ r|` decreases monotonically.
 
     With `damp = d > 0` it minimises `|A x - b|² + d² |x|²` (Tikhonov regularisation, SciPy's
-    meaning), whose solution is `(AᴴA + d²I)⁻¹ Aᴴ b`. `lx.linear_solve` solves this as the
-    undamped least-squares problem for `[A; d I]` and `(b, 0)`, so derivatives (also with respect
-    to `d`, which may be a traced array) are exact.
+    meaning), whose solution is `(AᴴA + d²I)⁻¹ Aᴴ b`. Through `reformulate`, `lx.linear_solve`
+    solves this as the undamped least-squares problem for `[A; d I]` and `(b, 0)`, so derivatives
+    (also with respect to `d`, which may be a traced array) are exact; a `state` passed with
+    `damp != 0` is rebuilt for the stacked operator.
 
     **Convergence** (the Paige–Saunders stopping tests, as `scipy.sparse.linalg.lsqr`, with our
     `rtol` in the roles of SciPy's `atol` and `btol`). It stops when either
@@ -171,12 +173,14 @@ class LSQR(AbstractLinearSolver):
         K.check_options("LSQR", operator, options, least_squares=True)
         return K.KrylovState(operator)
 
-    def compute(self, state: K.KrylovState, vector, options):
-        from ._damped import is_damped, undamp
+    def reformulate(self, operator, vector, options):
+        # Damped: solve the undamped problem for [A; damp I] and (b, 0) (see `_damped.py`).
+        return _damped.reformulate(self, operator, vector)
 
-        if is_damped(self):
-            # Reached only when called directly: `linear_solve` rewrites damped solves first.
-            operator, vector, solver = undamp(state.operator, vector, self)
+    def compute(self, state: K.KrylovState, vector, options):
+        operator, vector, solver, rebuilt = _damped.reformulate(self, state.operator, vector)
+        if rebuilt:
+            # Reached only when called directly: `linear_solve` reformulates damped solves first.
             return solver.compute(K.KrylovState(operator), vector, options)
         s = setup("LSQR", self, state.operator, vector, options)
         dtype = s.dtype
