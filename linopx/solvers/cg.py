@@ -100,6 +100,11 @@ class CG(AbstractLinearSolver):
     atol: Any
     max_steps: int | None = eqx.field(static=True, default=None)
 
+    # The result is decided on the true residual `b - A x`, which is not finite when `x` is not
+    # (a NaN or an infinity in `x` reaches `A x`: 0 · inf is NaN), so a non-finite solution is
+    # already reported; no second finiteness pass over `x` (a kernel to compile) is needed.
+    _verdict_checks_solution = True
+
     def __check_init__(self):
         K.check_tolerances("CG", self.rtol, self.atol, self.max_steps)
 
