@@ -40,7 +40,7 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SUITES = ("dense", "iterative", "sparse", "logdet", "soak")
+SUITES = ("dense", "iterative", "sparse", "sparse_memory", "logdet", "soak")
 # The repository's report, and its copy in the documentation (relative to the docs folder).
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 DOCS_PAGE = "benchmark-results.md"

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -75,7 +74,12 @@ def poisson(kind: str, k: int):
 
 
 def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """The peak resident set size of this process: `VmHWM` on Linux (`ru_maxrss` would also count
+    the peak of the `python -m benchmarks` parent, see `benchmarks/sparse_memory.py`), else
+    `ru_maxrss`."""
+    from benchmarks.sparse_memory import _peak_mib as peak
+
+    return peak()
 
 
 _CALLS = [0]

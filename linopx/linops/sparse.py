@@ -38,6 +38,40 @@ from .functions import (
 )
 from .tags import transpose_tags
 
+_HASH_BLOCK = 2**20
+
+
+def _hash_int64(h, index: np.ndarray) -> None:
+    """Feed `index`'s values as int64 bytes to the hash `h`, a block at a time (the same digest as
+    hashing the whole int64 copy, without making it)."""
+    for start in range(0, index.shape[0], _HASH_BLOCK):
+        h.update(np.ascontiguousarray(index[start : start + _HASH_BLOCK], np.int64))
+
+
+def position_keys(major: np.ndarray, minor: np.ndarray, n_minor: int) -> np.ndarray:
+    """`major * n_minor + minor` as a new int64 array (one allocation: the product and the sum are
+    formed in place), the position of each entry in a `major`-major order."""
+    keys = major.astype(np.int64)
+    keys *= n_minor
+    keys += minor
+    return keys
+
+
+def sorted_unique(keys: np.ndarray) -> np.ndarray:
+    """The distinct values of the 1-D integer array `keys`, sorted; `keys` is sorted in place
+    and, when it has no duplicates, returned itself.
+
+    Not `np.unique`: since NumPy 2.3 it collects the values in a hash set, which for millions of
+    int64 keys holds about 50 bytes per key (a 2.4 million-entry pattern's index analysis peaked
+    134 MiB above its 19 MiB input) and is over ten times slower than sorting."""
+    keys.sort()
+    if keys.shape[0] < 2:
+        return keys
+    new = np.empty(keys.shape, bool)
+    new[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=new[1:])
+    return keys if new.all() else keys[new]
+
 
 class SparsityPattern:
     """The static part of a COO matrix: `rows`, `cols` (read-only NumPy integer arrays) and `shape`.
@@ -62,9 +96,9 @@ class SparsityPattern:
         self.shape = (int(shape[0]), int(shape[1]))
         h = hashlib.blake2b(digest_size=16)
         h.update(np.asarray(self.shape, np.int64).tobytes())
-        h.update(rows.astype(np.int64).tobytes())
+        _hash_int64(h, rows)
         h.update(b"|")
-        h.update(cols.astype(np.int64).tobytes())
+        _hash_int64(h, cols)
         self.key = h.hexdigest()
         self._memo: dict = {}
         self._lock = threading.Lock()
@@ -107,8 +141,8 @@ class SparsityPattern:
             m, n = self.shape
             if m != n:
                 return False
-            a = np.unique(self.rows.astype(np.int64) * n + self.cols)
-            b = np.unique(self.cols.astype(np.int64) * n + self.rows)
+            a = sorted_unique(position_keys(self.rows, self.cols, n))
+            b = sorted_unique(position_keys(self.cols, self.rows, n))
             return a.shape == b.shape and bool(np.array_equal(a, b))
 
         return self.memo("structurally_symmetric", compute)

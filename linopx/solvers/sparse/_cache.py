@@ -6,9 +6,11 @@ receive the matrix values again. To avoid refactorizing in a gradient, each call
 factorization up here, keyed on `(backend, kind, dtype, pattern key, digest of the values' bytes)`,
 and factorizes only on a miss.
 
-Why results never depend on it: a hit is confirmed by comparing the stored copy of the values with
-the incoming values byte for byte (so even a digest collision cannot return the wrong factors), and a
-miss recomputes exactly what a hit would have returned. Only the speed depends on the cache.
+Why results never depend on it: a hit is confirmed by comparing the values the entry was made from
+with the incoming values byte for byte (so even a digest collision cannot return the wrong factors),
+and a miss recomputes exactly what a hit would have returned. Only the speed depends on the cache.
+The entry holds those values as a copy, or, for the values a JAX callback received (immutable, and
+referred to by nothing else), as a reference to them: no second copy.
 
 Bounds: at most `max_entries` factorizations and `max_bytes` of estimated factor memory (least
 recently used first out). A factorization larger than `max_bytes` on its own is used once and not
@@ -47,6 +49,15 @@ class _Entry:
         self.factor = factor
         self.values = values
         self.nbytes = nbytes
+
+
+def _kept(values: np.ndarray, frozen: bool) -> np.ndarray:
+    """What an entry keeps to confirm hits: `values` itself when the caller vouches that it is
+    frozen (and it is read-only and contiguous, so the byte comparison views it as is), else a
+    copy."""
+    if frozen and not values.flags.writeable and values.flags.c_contiguous:
+        return values
+    return np.array(values, copy=True)
 
 
 def _release(factor: Any, nbytes: int = 0) -> None:
@@ -131,10 +142,17 @@ class FactorCache:
         values: np.ndarray,
         factorize: Callable[[], tuple[Any, int]],
         use: Callable[[Any], Any],
+        frozen: bool = False,
     ) -> Any:
         """Return `use(factor)` with the factorization of `values`, from the cache or from
         `factorize()` (which returns `(factor, nbytes)`). `use` runs while the entry cannot be
-        released by another thread."""
+        released by another thread.
+
+        A new entry keeps the values it was made from, to confirm later hits byte for byte. With
+        `frozen=True` the caller promises that `values` is a read-only view of memory that nothing
+        will ever write (the private copy that a JAX host callback receives: a JAX array, immutable,
+        that no one else refers to), and the entry keeps a reference to it instead of a copy (one
+        less copy of the values held; the confirmation is the same). Otherwise it keeps a copy."""
         key = key_prefix + (digest(values),)
         while True:
             with self._lock:
@@ -170,7 +188,7 @@ class FactorCache:
             evicted: list[_Entry] = []
             if keep:
                 with self._lock:
-                    self._entries[key] = _Entry(factor, np.array(values, copy=True), nbytes)
+                    self._entries[key] = _Entry(factor, _kept(values, frozen), nbytes)
                     evicted = self._evict_locked()
             else:
                 _release(factor, nbytes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...linops.sparse import SparsityPattern
+from ...linops.sparse import SparsityPattern, position_keys, sorted_unique
 
 
 class Layout:
@@ -23,47 +23,76 @@ class Layout:
         self.indptr = indptr
         self.indices = indices
         self.size = size
+        # Which COO entries, in order: data = values[src] ("gather"), or the entries of values[src]
+        # go to the slots dst ("scatter": distinct slots; "add": duplicates add up). `src` is
+        # None for every entry in COO order (no index array kept).
         self.src = src
         self.dst = dst
-        self.mode = mode  # "gather": data = values[src]; "scatter": unique dst; "add": duplicates
+        self.mode = mode
         self.shape = shape
 
     def data(self, values: np.ndarray, dtype) -> np.ndarray:
+        """The compressed matrix's `data` for these COO `values`: a new array (one allocation of
+        `size` entries when `values` already has the `dtype`)."""
+        dtype = np.dtype(dtype)
+        picked = values if self.src is None else values[self.src]
         if self.mode == "gather":
-            return values[self.src].astype(dtype, copy=False)
+            return picked.astype(dtype, copy=picked is values)
         out = np.zeros(self.size, dtype)
         if self.mode == "scatter":
-            out[self.dst] = values[self.src]
+            out[self.dst] = picked
         else:
-            np.add.at(out, self.dst, values[self.src].astype(dtype, copy=False))
+            np.add.at(out, self.dst, picked.astype(dtype, copy=False))
         return out
 
 
+def _index_type(count: int):
+    return np.int32 if count < 2**31 - 1 else np.int64
+
+
 def _build(major, minor, n_major, n_minor, select, extra_diagonal, shape) -> Layout:
-    src = np.flatnonzero(select) if select is not None else np.arange(major.shape[0])
-    keys = major[src].astype(np.int64) * n_minor + minor[src]
+    """The layout of the entries `select` (a mask; None for all) of a COO pattern, compressed along
+    `major`. Memory: a few int64 arrays of the entries' length while it runs (sorting, not hashing:
+    see `sorted_unique`), then the int32 `indices`, `src` (or `dst`) and `indptr` it keeps."""
+    src = np.flatnonzero(select).astype(_index_type(major.shape[0])) if select is not None else None
+    if src is not None:
+        major, minor = major[src], minor[src]
+    keys = position_keys(major, minor, n_minor)
+    dst = None
     if extra_diagonal:
         k = min(n_major, n_minor)
         diag_keys = np.arange(k, dtype=np.int64) * (n_minor + 1)
-        unique = np.union1d(keys, diag_keys)
+        unique = sorted_unique(np.concatenate([keys, diag_keys]))
+        dst = np.searchsorted(unique, keys)
+        del keys
+        distinct = sorted_unique(dst.copy()).shape[0] == dst.shape[0]
+        mode = "scatter" if distinct else "add"
+        dst = dst.astype(_index_type(unique.shape[0]))
     else:
-        unique = np.unique(keys)
-    dst = np.searchsorted(unique, keys)
-    if unique.shape[0] == keys.shape[0] and not extra_diagonal:
-        # One value per slot: reorder `src` by slot so that data = values[src].
-        order = np.empty_like(dst)
-        order[dst] = np.arange(dst.shape[0])
-        mode, src, dst = "gather", src[order], None
-    elif np.unique(dst).shape[0] == dst.shape[0]:
-        mode = "scatter"
-    else:
-        mode = "add"
-    itype = np.int32 if unique.shape[0] < 2**31 - 1 else np.int64
-    maj = (unique // n_minor).astype(np.int64)
-    indptr = np.zeros(n_major + 1, itype)
-    np.cumsum(np.bincount(maj, minlength=n_major), out=indptr[1:])
-    indices = (unique % n_minor).astype(itype)
-    return Layout(indptr, indices, unique.shape[0], src, dst, mode, shape)
+        order = np.argsort(keys, kind="stable").astype(_index_type(keys.shape[0]))
+        keys.sort()  # in place: keys[order] without a second int64 array
+        new = np.empty(keys.shape, bool)
+        new[:1] = True
+        np.not_equal(keys[1:], keys[:-1], out=new[1:])
+        if new.all():
+            # One value per slot: data = values[src] with `src` the entries in slot order.
+            mode, unique = "gather", keys
+            src = order if src is None else src[order]
+        else:
+            mode, unique = "add", keys[new]
+            dst = np.empty(order.shape, _index_type(unique.shape[0]))
+            slot = np.cumsum(new, dtype=dst.dtype)
+            slot -= 1
+            dst[order] = slot
+            del new, slot
+        del keys, order
+    itype = _index_type(unique.shape[0])
+    bounds = np.arange(n_major + 1, dtype=np.int64) * n_minor
+    indptr = np.searchsorted(unique, bounds).astype(itype)
+    if n_minor:
+        np.remainder(unique, n_minor, out=unique)
+    indices = unique.astype(itype)
+    return Layout(indptr, indices, indices.shape[0], src, dst, mode, shape)
 
 
 def csc(pattern: SparsityPattern) -> Layout:

@@ -294,8 +294,9 @@ class SparseLU(AbstractLinearSolver):
         `values`) and `G_k = (A⁻¹)[cols_k, rows_k]`: the entries of `A⁻ᵀ` on the pattern (duplicates
         share theirs). `G` is computed exactly on the host, without forming anything `n x n`, by
         selected inversion (Takahashi's equations) from the `L U` factors of SuperLU's
-        factorization, found in the factorization cache (see `_selinv`). PARDISO and cuDSS do not
-        expose their factors, so for them `G` comes from a SuperLU factorization of the same values
+        factorization, found in the factorization cache (see `_selinv`). PARDISO, cuDSS, CHOLMOD
+        and UMFPACK do not expose their factors in a form used here (CHOLMOD's permutation is not
+        exposed by kvxopt), so for them `G` comes from a SuperLU factorization of the same values
         (one extra factorization, cached).
 
         Cost: of the order of the factorization's (dense products of the same shapes as its
@@ -354,9 +355,19 @@ class SparseLU(AbstractLinearSolver):
 # Host side
 
 
-def _solve_member(pattern, backend, kind, transposed, conjugated, out_dtype, values, rhs):
+def _frozen(array: Any) -> bool:
+    """Whether a callback operand is a JAX array: immutable, so that the factorization cache may
+    keep a (read-only, zero-copy) NumPy view of it instead of a copy. `jax.pure_callback` hands the
+    callback a fresh CPU copy of each operand, which only the callback refers to."""
+    return isinstance(array, jax.Array) and not isinstance(array, jax.core.Tracer)
+
+
+def _solve_member(
+    pattern, backend, kind, transposed, conjugated, out_dtype, values, rhs, frozen=False
+):
     """Solve for one matrix (`values`, 1-D) and a block of right-hand sides `rhs` (n, k).
-    Returns `(x (n, k), flag)` with flag 0 = success, 1 = singular or non-finite values."""
+    Returns `(x (n, k), flag)` with flag 0 = success, 1 = singular or non-finite values.
+    `frozen`: `values` views an immutable array (see `_frozen`), which the cache may keep."""
     n = pattern.shape[0]
     if not np.all(np.isfinite(values)):
         # Reported as `nonfinite_input` by `linear_solve` (it sees the operator's values); never
@@ -385,7 +396,8 @@ def _solve_member(pattern, backend, kind, transposed, conjugated, out_dtype, val
             return None
         return factor.solve(rhs, transposed and backend != "cudss")
 
-    x = CACHE.run((backend, kind, fdtype.str, orientation, pattern), values, factorize, use)
+    key = (backend, kind, fdtype.str, orientation, pattern)
+    x = CACHE.run(key, values, factorize, use, frozen)
     if x is None:
         return np.full((n, rhs.shape[1] // (2 if split else 1)), np.nan, out_dtype), 1
     if split:
@@ -395,10 +407,13 @@ def _solve_member(pattern, backend, kind, transposed, conjugated, out_dtype, val
     return x.astype(out_dtype, copy=False), 0
 
 
-def _host_solve(pattern, backend, kind, transposed, conjugated, out_dtype, values, b):
+def _host_solve(pattern, backend, kind, transposed, conjugated, out_dtype, values, b, frozen=None):
     """The `pure_callback` body. `values` has shape `(*bv, nnz)` and `b` `(*bb, n)`, where the batch
     shapes `bv`, `bb` broadcast (`vmap_method="expand_dims"` gives unbatched inputs size-1 axes).
-    Members that share a matrix are solved together as one block of right-hand sides."""
+    Members that share a matrix are solved together as one block of right-hand sides. `frozen`
+    (default: whether `values` is a JAX array) lets the cache keep `values` rather than a copy when
+    they are one matrix."""
+    frozen = _frozen(values) if frozen is None else frozen
     values = np.asarray(values)
     b = np.asarray(b)
     n = pattern.shape[0]
@@ -410,11 +425,15 @@ def _host_solve(pattern, backend, kind, transposed, conjugated, out_dtype, value
     vflat = values.reshape(math.prod(bv), values.shape[-1])  # nnz may be 0
     which = np.broadcast_to(np.arange(vflat.shape[0]).reshape(bv), batch).reshape(-1)
     rhs = np.broadcast_to(b, batch + (n,)).reshape(total, n)
+    # One matrix: the cache may keep the values themselves. Rows of a batch are copied instead (a
+    # kept row would keep the whole batch alive).
+    frozen = frozen and vflat.shape[0] == 1
     for v in np.unique(which):
         members = np.flatnonzero(which == v)
         xs, flag = _solve_member(
-            pattern, backend, kind, transposed, conjugated, out_dtype, vflat[v], rhs[members].T
-        )
+            pattern, backend, kind, transposed, conjugated, out_dtype, vflat[v], rhs[members].T,
+            frozen,
+        )  # fmt: skip
         x[members] = xs.T
         flags[members] = flag
     return x.reshape(batch + (n,)), flags.reshape(batch)
@@ -451,12 +470,15 @@ def _host_solve_traced(
 ):
     """`_host_solve` for a traced pattern: `rows`, `cols` have shape `(*br, nnz)`, broadcasting
     with the values' and right-hand sides' batch shapes; members are grouped by pattern."""
+    frozen = _frozen(values)
     values, rows, cols, b = (np.asarray(a) for a in (values, rows, cols, b))
     n = shape[0]
     batch = np.broadcast_shapes(values.shape[:-1], rows.shape[:-1], cols.shape[:-1], b.shape[:-1])
     if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
         pattern = _pattern_of(rows.reshape(-1), cols.reshape(-1), shape)
-        return _host_solve(pattern, backend, kind, transposed, conjugated, out_dtype, values, b)
+        return _host_solve(
+            pattern, backend, kind, transposed, conjugated, out_dtype, values, b, frozen
+        )
     total = math.prod(batch)
     x = np.empty((total, n), out_dtype)
     flags = np.zeros((total,), np.int32)
@@ -468,7 +490,7 @@ def _host_solve_traced(
     for i in range(total):
         pattern = _pattern_of(rflat[i], cflat[i], shape)
         xi, fi = _host_solve(
-            pattern, backend, kind, transposed, conjugated, out_dtype, vflat[i], bflat[i]
+            pattern, backend, kind, transposed, conjugated, out_dtype, vflat[i], bflat[i], False
         )
         x[i], flags[i] = xi, fi
     return x.reshape(batch + (n,)), flags.reshape(batch)
@@ -478,10 +500,11 @@ def _host_solve_traced(
 # Host side: log-determinants and selected inverses (`lx.slogdet`)
 
 
-def _with_factor(pattern, backend, kind, transposed, values, use):
+def _with_factor(pattern, backend, kind, transposed, values, use, frozen=False):
     """`use(factor)` with the factorization a solve with these settings uses (the same cache key,
     so the solve's factorization is found, or the one made here is found by a later solve);
-    `factor` is `SINGULAR` for a (numerically) singular matrix. `use` runs under the cache lock."""
+    `factor` is `SINGULAR` for a (numerically) singular matrix. `use` runs under the cache lock.
+    `frozen` as in `_solve_member`."""
     module = _MODULES[backend]
     fdtype = module.factor_dtype(values.dtype)
     orientation = transposed if backend == "cudss" else None
@@ -492,10 +515,13 @@ def _with_factor(pattern, backend, kind, transposed, values, use):
             return module.factorize(pattern, values, fdtype, kind, transposed)
         return module.factorize(pattern, values, fdtype, kind)
 
-    return CACHE.run((backend, kind, fdtype.str, orientation, pattern), values, factorize, use)
+    key = (backend, kind, fdtype.str, orientation, pattern)
+    return CACHE.run(key, values, factorize, use, frozen)
 
 
-def _logdet_member(pattern, backend, kind, transposed, values) -> tuple[complex, float]:
+def _logdet_member(
+    pattern, backend, kind, transposed, values, frozen=False
+) -> tuple[complex, float]:
     """`(sign, log|det|)` of one matrix; `(nan, nan)` for non-finite values, `(0, -inf)` for a
     singular one."""
     if not np.all(np.isfinite(values)):
@@ -511,26 +537,28 @@ def _logdet_member(pattern, backend, kind, transposed, values) -> tuple[complex,
         return factor.slogdet()  # PARDISO (None when its factors do not give it) and cuDSS
 
     if backend == "pardiso" and kind == "spd":
-        out = _with_factor(pattern, backend, kind, transposed, values, read)
+        out = _with_factor(pattern, backend, kind, transposed, values, read, frozen)
         if out is not None:
             return out
     if backend == "cudss":
-        return _with_factor(pattern, backend, kind, transposed, values, read)
+        return _with_factor(pattern, backend, kind, transposed, values, read, frozen)
     # SuperLU, and PARDISO's types whose factors do not give the determinant.
-    return _with_factor(pattern, "superlu", kind, False, values, read)
+    return _with_factor(pattern, "superlu", kind, False, values, read, frozen)
 
 
-def _host_logdet(pattern, backend, kind, transposed, conjugated, out_dtype, values):
+def _host_logdet(pattern, backend, kind, transposed, conjugated, out_dtype, values, frozen=None):
     """The `pure_callback` body of `SparseLU.logdet`: `values` `(*batch, nnz)` gives `sign` and
-    `logabsdet` of shape `batch`."""
+    `logabsdet` of shape `batch`. `frozen` as in `_host_solve`."""
+    frozen = _frozen(values) if frozen is None else frozen
     values = np.asarray(values)
     batch = values.shape[:-1]
     flat = values.reshape(-1, values.shape[-1])
     out_dtype = np.dtype(out_dtype)
     sign = np.empty(flat.shape[0], out_dtype)
     logabs = np.empty(flat.shape[0], np.finfo(out_dtype).dtype)
+    frozen = frozen and flat.shape[0] == 1
     for i in range(flat.shape[0]):
-        s, la = _logdet_member(pattern, backend, kind, transposed, flat[i])
+        s, la = _logdet_member(pattern, backend, kind, transposed, flat[i], frozen)
         if out_dtype.kind != "c":
             s = np.real(s)
         sign[i] = np.conj(s) if conjugated else s
@@ -542,11 +570,12 @@ def _host_logdet_traced(
     shape, backend, kind, transposed, conjugated, out_dtype, values, rows, cols
 ):
     """`_host_logdet` for a traced pattern (indices batched like the values, or not)."""
+    frozen = _frozen(values)
     values, rows, cols = (np.asarray(a) for a in (values, rows, cols))
     settings = (backend, kind, transposed, conjugated, out_dtype)
     if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
         pattern = _pattern_of(rows.reshape(-1), cols.reshape(-1), shape)
-        return _host_logdet(pattern, *settings, values)
+        return _host_logdet(pattern, *settings, values, frozen)
     batch = np.broadcast_shapes(values.shape[:-1], rows.shape[:-1], cols.shape[:-1])
     nnz = values.shape[-1]
     total = math.prod(batch)
@@ -558,13 +587,13 @@ def _host_logdet_traced(
     logabs = np.empty(total, np.finfo(out_dtype).dtype)
     for i in range(total):
         pattern = _pattern_of(rflat[i], cflat[i], shape)
-        sign[i], logabs[i] = _host_logdet(pattern, *settings, vflat[i])
+        sign[i], logabs[i] = _host_logdet(pattern, *settings, vflat[i], False)
     return sign.reshape(batch), logabs.reshape(batch)
 
 
-def _inverse_member(pattern, kind, values) -> np.ndarray:
+def _inverse_member(pattern, kind, values, frozen=False) -> np.ndarray:
     """`G_k = (A⁻¹)[cols_k, rows_k]` for one matrix, by selected inversion from SuperLU's factors
-    (PARDISO and cuDSS hide theirs: a SuperLU factorization of the same values, cached, instead).
+    (the other backends' factors are not used: a SuperLU factorization of the same values, cached).
     NaN for non-finite values or a singular matrix."""
     nnz = values.shape[0]
     if not np.all(np.isfinite(values)):
@@ -577,7 +606,7 @@ def _inverse_member(pattern, kind, values) -> np.ndarray:
         )
     out = _with_factor(
         pattern, "superlu", kind, False, values,
-        lambda f: None if f is SINGULAR else _superlu.factors(f),
+        lambda f: None if f is SINGULAR else _superlu.factors(f), frozen,
     )  # fmt: skip
     if out is None:
         return np.full(nnz, np.nan, values.dtype)
@@ -588,25 +617,28 @@ def _inverse_member(pattern, kind, values) -> np.ndarray:
     return g.astype(values.dtype, copy=False)
 
 
-def _host_inverse_entries(pattern, kind, conjugated, out_dtype, values):
+def _host_inverse_entries(pattern, kind, conjugated, out_dtype, values, frozen=None):
     """The `pure_callback` body of `SparseLU._inverse_entries`: `values` `(*batch, nnz)` gives
-    `G` of the same shape."""
+    `G` of the same shape. `frozen` as in `_host_solve`."""
+    frozen = _frozen(values) if frozen is None else frozen
     values = np.asarray(values)
     flat = values.reshape(-1, values.shape[-1])
     out = np.empty(flat.shape, out_dtype)
+    frozen = frozen and flat.shape[0] == 1
     for i in range(flat.shape[0]):
-        g = _inverse_member(pattern, kind, flat[i])
+        g = _inverse_member(pattern, kind, flat[i], frozen)
         out[i] = np.conj(g) if conjugated else g
     return out.reshape(values.shape)
 
 
 def _host_inverse_entries_traced(shape, kind, conjugated, out_dtype, values, rows, cols):
     """`_host_inverse_entries` for a traced pattern."""
+    frozen = _frozen(values)
     values, rows, cols = (np.asarray(a) for a in (values, rows, cols))
     settings = (kind, conjugated, out_dtype)
     if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
         pattern = _pattern_of(rows.reshape(-1), cols.reshape(-1), shape)
-        return _host_inverse_entries(pattern, *settings, values)
+        return _host_inverse_entries(pattern, *settings, values, frozen)
     batch = np.broadcast_shapes(values.shape[:-1], rows.shape[:-1], cols.shape[:-1])
     nnz = values.shape[-1]
     total = math.prod(batch)
@@ -616,7 +648,7 @@ def _host_inverse_entries_traced(shape, kind, conjugated, out_dtype, values, row
     out = np.empty((total, nnz), out_dtype)
     for i in range(total):
         pattern = _pattern_of(rflat[i], cflat[i], shape)
-        out[i] = _host_inverse_entries(pattern, *settings, vflat[i])
+        out[i] = _host_inverse_entries(pattern, *settings, vflat[i], False)
     return out.reshape(batch + (nnz,))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ...linops.sparse import SparsityPattern
 from . import _layout
-from ._common import SINGULAR, condition_check
+from ._common import SINGULAR, condition_check, release_memory
 
 NAME = "superlu"
 
@@ -140,13 +140,18 @@ def factorize(pattern: SparsityPattern, values: np.ndarray, dtype, kind: str):
 
     del kind  # SuperLU has no symmetric variant: tags do not change the factorization
     layout = _layout.csc(pattern)
+    permc_spec = ordering(pattern)
+    # The pattern's first factorization built the layout and the ordering above: the arrays they
+    # sorted are free now, but still held by this thread's malloc arena, which SuperLU (allocating
+    # on its owner thread, from another arena) cannot reuse. Hand them back before it starts.
+    pattern.memo("superlu_released", release_memory)
     data = layout.data(values, dtype)
     a = sp.csc_matrix((data, layout.indices, layout.indptr), shape=pattern.shape)
     owner = _owner()
 
     def make():
         try:
-            return [splu(a, permc_spec=ordering(pattern))]
+            return [splu(a, permc_spec=permc_spec)]
         except RuntimeError as err:  # "Factor is exactly singular"
             if "singular" in str(err).lower():
                 return None
