@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import _tree
+from ._solve import _check_options as _check_solve_options
 from ._solve import (
     _check_dtypes,
     _check_operator,
@@ -102,15 +103,7 @@ def _solvers_with_logdet() -> str:
 
 
 def _check_options(options: Any) -> dict:
-    if options is None:
-        return {}
-    if not isinstance(options, dict):
-        raise TypeError(f"`options` must be a dict or None, got {type(options).__name__}.")
-    unknown = set(options) - _KNOWN_OPTIONS
-    if unknown:
-        raise ValueError(
-            f"Unknown options {sorted(unknown)}; slogdet understands {sorted(_KNOWN_OPTIONS)}."
-        )
+    options = _check_solve_options(options, _KNOWN_OPTIONS, "slogdet")
     estimator = options.get("estimator")
     if estimator is not None and not isinstance(estimator, (Hutchinson, StochasticLanczos)):
         raise TypeError(

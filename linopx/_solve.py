@@ -67,16 +67,16 @@ def _prepare_vector(operator: AbstractLinearOperator, vector: Any) -> Any:
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
-def _check_options(options: Any) -> dict:
+def _check_options(
+    options: Any, known: frozenset = _KNOWN_OPTIONS, who: str = "linear_solve"
+) -> dict:
     if options is None:
         return {}
     if not isinstance(options, dict):
         raise TypeError(f"`options` must be a dict or None, got {type(options).__name__}.")
-    unknown = set(options) - _KNOWN_OPTIONS
+    unknown = set(options) - known
     if unknown:
-        raise ValueError(
-            f"Unknown options {sorted(unknown)}; linear_solve understands {sorted(_KNOWN_OPTIONS)}."
-        )
+        raise ValueError(f"Unknown options {sorted(unknown)}; {who} understands {sorted(known)}.")
     return dict(options)
 
 

@@ -465,6 +465,26 @@ def _pattern_of(rows: np.ndarray, cols: np.ndarray, shape: tuple) -> SparsityPat
     return build()  # a digest collision: never trust it
 
 
+def _traced_members(shape, values, rows, cols, *extra):
+    """Split a traced pattern's callback operands (`values`, `rows`, `cols`, then any `extra`
+    arrays such as right-hand sides, each with a batch shape before its last axis) by pattern.
+
+    Returns `(pattern, None, None)` when every member shares one pattern (the operands are then
+    used as they are), else `(None, batch, members)` with `members` a list of `(pattern, values_i,
+    *extra_i)`, one per member of the broadcast batch."""
+    if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
+        return _pattern_of(rows.reshape(-1), cols.reshape(-1), shape), None, None
+    arrays = (values, rows, cols, *extra)
+    batch = np.broadcast_shapes(*(a.shape[:-1] for a in arrays))
+    total = math.prod(batch)
+    flat = [np.broadcast_to(a, batch + a.shape[-1:]).reshape(total, a.shape[-1]) for a in arrays]
+    members = [
+        (_pattern_of(flat[1][i], flat[2][i], shape), flat[0][i], *(f[i] for f in flat[3:]))
+        for i in range(total)
+    ]
+    return None, batch, members
+
+
 def _host_solve_traced(
     shape, backend, kind, transposed, conjugated, out_dtype, values, rows, cols, b
 ):
@@ -472,28 +492,15 @@ def _host_solve_traced(
     with the values' and right-hand sides' batch shapes; members are grouped by pattern."""
     frozen = _frozen(values)
     values, rows, cols, b = (np.asarray(a) for a in (values, rows, cols, b))
-    n = shape[0]
-    batch = np.broadcast_shapes(values.shape[:-1], rows.shape[:-1], cols.shape[:-1], b.shape[:-1])
-    if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
-        pattern = _pattern_of(rows.reshape(-1), cols.reshape(-1), shape)
-        return _host_solve(
-            pattern, backend, kind, transposed, conjugated, out_dtype, values, b, frozen
-        )
-    total = math.prod(batch)
-    x = np.empty((total, n), out_dtype)
-    flags = np.zeros((total,), np.int32)
-    nnz = values.shape[-1]
-    rflat = np.broadcast_to(rows, batch + (nnz,)).reshape(total, nnz)
-    cflat = np.broadcast_to(cols, batch + (nnz,)).reshape(total, nnz)
-    vflat = np.broadcast_to(values, batch + (nnz,)).reshape(total, nnz)
-    bflat = np.broadcast_to(b, batch + (n,)).reshape(total, n)
-    for i in range(total):
-        pattern = _pattern_of(rflat[i], cflat[i], shape)
-        xi, fi = _host_solve(
-            pattern, backend, kind, transposed, conjugated, out_dtype, vflat[i], bflat[i], False
-        )
-        x[i], flags[i] = xi, fi
-    return x.reshape(batch + (n,)), flags.reshape(batch)
+    settings = (backend, kind, transposed, conjugated, out_dtype)
+    pattern, batch, members = _traced_members(shape, values, rows, cols, b)
+    if pattern is not None:
+        return _host_solve(pattern, *settings, values, b, frozen)
+    x = np.empty((len(members), shape[0]), out_dtype)
+    flags = np.zeros((len(members),), np.int32)
+    for i, (pattern_i, values_i, b_i) in enumerate(members):
+        x[i], flags[i] = _host_solve(pattern_i, *settings, values_i, b_i, False)
+    return x.reshape(batch + (shape[0],)), flags.reshape(batch)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -573,21 +580,14 @@ def _host_logdet_traced(
     frozen = _frozen(values)
     values, rows, cols = (np.asarray(a) for a in (values, rows, cols))
     settings = (backend, kind, transposed, conjugated, out_dtype)
-    if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
-        pattern = _pattern_of(rows.reshape(-1), cols.reshape(-1), shape)
+    pattern, batch, members = _traced_members(shape, values, rows, cols)
+    if pattern is not None:
         return _host_logdet(pattern, *settings, values, frozen)
-    batch = np.broadcast_shapes(values.shape[:-1], rows.shape[:-1], cols.shape[:-1])
-    nnz = values.shape[-1]
-    total = math.prod(batch)
-    vflat, rflat, cflat = (
-        np.broadcast_to(a, batch + (nnz,)).reshape(total, nnz) for a in (values, rows, cols)
-    )
     out_dtype = np.dtype(out_dtype)
-    sign = np.empty(total, out_dtype)
-    logabs = np.empty(total, np.finfo(out_dtype).dtype)
-    for i in range(total):
-        pattern = _pattern_of(rflat[i], cflat[i], shape)
-        sign[i], logabs[i] = _host_logdet(pattern, *settings, vflat[i], False)
+    sign = np.empty(len(members), out_dtype)
+    logabs = np.empty(len(members), np.finfo(out_dtype).dtype)
+    for i, (pattern_i, values_i) in enumerate(members):
+        sign[i], logabs[i] = _host_logdet(pattern_i, *settings, values_i, False)
     return sign.reshape(batch), logabs.reshape(batch)
 
 
@@ -636,19 +636,13 @@ def _host_inverse_entries_traced(shape, kind, conjugated, out_dtype, values, row
     frozen = _frozen(values)
     values, rows, cols = (np.asarray(a) for a in (values, rows, cols))
     settings = (kind, conjugated, out_dtype)
-    if rows.shape[:-1] == cols.shape[:-1] and math.prod(rows.shape[:-1]) == 1:
-        pattern = _pattern_of(rows.reshape(-1), cols.reshape(-1), shape)
+    pattern, batch, members = _traced_members(shape, values, rows, cols)
+    if pattern is not None:
         return _host_inverse_entries(pattern, *settings, values, frozen)
-    batch = np.broadcast_shapes(values.shape[:-1], rows.shape[:-1], cols.shape[:-1])
     nnz = values.shape[-1]
-    total = math.prod(batch)
-    vflat, rflat, cflat = (
-        np.broadcast_to(a, batch + (nnz,)).reshape(total, nnz) for a in (values, rows, cols)
-    )
-    out = np.empty((total, nnz), out_dtype)
-    for i in range(total):
-        pattern = _pattern_of(rflat[i], cflat[i], shape)
-        out[i] = _host_inverse_entries(pattern, *settings, vflat[i], False)
+    out = np.empty((len(members), nnz), out_dtype)
+    for i, (pattern_i, values_i) in enumerate(members):
+        out[i] = _host_inverse_entries(pattern_i, *settings, values_i, False)
     return out.reshape(batch + (nnz,))
 
 

@@ -75,6 +75,17 @@ def _scipy_matrix(pattern: SparsityPattern, values: np.ndarray, dtype):
     )
 
 
+def _compressed_columns(layout, n: int, dtype, fill: float = 0):
+    """A kvxopt `spmatrix` with the structure of a compressed-column `layout` (its `indptr` read
+    as column pointers and `indices` as rows), every value `fill`; its values are set later."""
+    from kvxopt import matrix, spmatrix
+
+    rows = layout.indices.astype(np.int64)
+    cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(layout.indptr))
+    data = np.full(rows.shape[0], fill, dtype)
+    return spmatrix(matrix(data, tc=_typecode(dtype)), matrix(rows), matrix(cols), (n, n))
+
+
 def _nbytes(nnz: int, dtype) -> int:
     return int(nnz) * (np.dtype(dtype).itemsize + 8)
 
@@ -88,19 +99,12 @@ class _CholmodPattern:
     factorization) and a pool of analysed factors."""
 
     def __init__(self, pattern: SparsityPattern, dtype, layout):
-        from kvxopt import cholmod, matrix, spmatrix
+        from kvxopt import cholmod
 
-        n = pattern.shape[0]
         # CSR of the upper triangle == CSC of the lower triangle of Aᵀ; for a symmetric A that is
         # the lower triangle itself (for a Hermitian one, its conjugate: conjugated in `fill`).
         self.layout = layout
-        counts = np.diff(self.layout.indptr)
-        rows = self.layout.indices.astype(np.int64)
-        cols = np.repeat(np.arange(n, dtype=np.int64), counts)
-        zeros = np.zeros(rows.shape[0], dtype)
-        self.matrix = spmatrix(
-            matrix(zeros, tc=_typecode(dtype)), matrix(rows), matrix(cols), (n, n)
-        )
+        self.matrix = _compressed_columns(layout, pattern.shape[0], dtype)
         self.dtype = dtype
         self.lock = threading.Lock()
         self.pool: list = []
@@ -202,17 +206,10 @@ class _UmfpackPattern:
     """Per pattern and dtype: the index arrays in CCS order and the symbolic analysis."""
 
     def __init__(self, pattern: SparsityPattern, dtype, layout):
-        from kvxopt import matrix, spmatrix, umfpack
+        from kvxopt import umfpack
 
-        n = pattern.shape[0]
         self.layout = layout
-        counts = np.diff(self.layout.indptr)
-        rows = self.layout.indices.astype(np.int64)
-        cols = np.repeat(np.arange(n, dtype=np.int64), counts)
-        data = np.ones(rows.shape[0], dtype)
-        self.template = spmatrix(
-            matrix(data, tc=_typecode(dtype)), matrix(rows), matrix(cols), (n, n)
-        )
+        self.template = _compressed_columns(layout, pattern.shape[0], dtype, fill=1)
         self.dtype = dtype
         self.symbolic = umfpack.symbolic(self.template)
 
