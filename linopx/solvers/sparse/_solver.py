@@ -274,13 +274,7 @@ class SparseLU(AbstractLinearSolver):
         dtype = np.dtype(state.values.dtype)
         real = np.finfo(dtype).dtype
         settings = (state.backend, state.kind, state.transposed, state.conjugated, dtype)
-        values = jax.lax.stop_gradient(state.values)
-        if state.pattern is not None:
-            host = functools.partial(_host_logdet, state.pattern, *settings)
-            operands = (values,)
-        else:
-            host = functools.partial(_host_logdet_traced, state.dims, *settings)
-            operands = (values, *state.index)
+        host, operands = _host_function(state, _host_logdet, _host_logdet_traced, settings)
         sign, logabsdet = jax.pure_callback(
             host,
             (jax.ShapeDtypeStruct((), dtype), jax.ShapeDtypeStruct((), real)),
@@ -336,19 +330,25 @@ class SparseLU(AbstractLinearSolver):
         values at transposed positions, so the same `G`)."""
         dtype = np.dtype(state.values.dtype)
         settings = (state.kind, state.conjugated, dtype)  # every backend: SuperLU's factors
-        values = jax.lax.stop_gradient(state.values)
-        if state.pattern is not None:
-            host = functools.partial(_host_inverse_entries, state.pattern, *settings)
-            operands = (values,)
-        else:
-            host = functools.partial(_host_inverse_entries_traced, state.dims, *settings)
-            operands = (values, *state.index)
+        host, operands = _host_function(
+            state, _host_inverse_entries, _host_inverse_entries_traced, settings
+        )
         return jax.pure_callback(
             host,
             jax.ShapeDtypeStruct(state.values.shape, dtype),
             *operands,
             vmap_method="expand_dims",
         )
+
+
+def _host_function(state: _SparseLUState, concrete, traced, settings: tuple):
+    """A host callback for `state`'s matrix and its operands: `concrete` with the pattern bound
+    (operands: the values), or for a traced pattern `traced` with the shape bound (operands: the
+    values and the indices). The values are held constant (no derivative flows into the host)."""
+    values = jax.lax.stop_gradient(state.values)
+    if state.pattern is not None:
+        return functools.partial(concrete, state.pattern, *settings), (values,)
+    return functools.partial(traced, state.dims, *settings), (values, *state.index)
 
 
 # ---------------------------------------------------------------------------------------------
