@@ -125,20 +125,34 @@ def _guard_impl(*operands, n_values: int, n_operator: int, member_ndims: tuple):
     values = list(operands[:n_values])
     code, solver_code = operands[n_values], operands[n_values + 1]
     arrays = list(operands[n_values + 2 :])
-    host = functools.partial(_host_check, n_operator=n_operator, member_ndims=member_ndims)
-    # The predicate is a single boolean, so the callback, and the look at the inputs, only run
-    # when a solve failed.
-    token = jax.lax.cond(
-        jnp.any(code != _SUCCESSFUL),
-        lambda: jax.pure_callback(
+    host = functools.partial(
+        _host_check, n_operator=n_operator, member_ndims=(0,) * len(member_ndims)
+    )
+
+    def look():
+        # Each input is reduced to one flag per member here, in the program, before it goes to the
+        # host: 0 where the member's array is all finite, NaN where not. The host gets scalars, not
+        # the operator: no copy of the matrix into the layout a callback needs (measured: two
+        # copies of a 1000 x 1000 matrix per LU gradient), and no gather of a sharded one.
+        flags = [
+            jnp.where(
+                jnp.all(jnp.isfinite(a), axis=tuple(range(a.ndim - nd, a.ndim))), 0.0, jnp.nan
+            )
+            for a, nd in zip(arrays, member_ndims)
+        ]
+        return jax.pure_callback(
             host,
             jax.ShapeDtypeStruct(code.shape, jnp.int32),
             code,
             solver_code,
-            *arrays,
+            *flags,
             vmap_method="sequential",
-        ),
-        lambda: jnp.zeros(code.shape, jnp.int32),
+        )
+
+    # The predicate is a single boolean, so the look at the inputs, and the callback, only run
+    # when a solve failed.
+    token = jax.lax.cond(
+        jnp.any(code != _SUCCESSFUL), look, lambda: jnp.zeros(code.shape, jnp.int32)
     )
     # Tie the values to the check so that neither can be dropped or reordered before it: the
     # token is always 0 when the callback returns (it raises otherwise).
