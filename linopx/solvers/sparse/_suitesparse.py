@@ -1,7 +1,7 @@
 """SuiteSparse's CHOLMOD (sparse Cholesky) and UMFPACK (sparse LU), through `kvxopt`.
 
-`kvxopt` (the CVXOPT fork that ships SuiteSparse in its wheels, for Linux, macOS and Windows on
-x86-64 and ARM) is an optional extra: `pip install "linopx[suitesparse]"`. It is GPL-3.0 licensed,
+`kvxopt` (the CVXOPT fork that ships SuiteSparse in its wheels: Linux x86-64 and ARM, macOS on
+Apple silicon, Windows x86-64) is an optional extra: `pip install "linopx[suitesparse]"`. It is GPL-3.0 licensed,
 and CHOLMOD's supernodal module is GPL-2.0+: installing the extra means using GPL code (linopx
 itself stays Apache-2.0 and never requires it).
 
