@@ -20,7 +20,7 @@ from ._solve import (
     _is_empty,
     _stop_gradient,
 )
-from .autodiff.primitive import bind_solve
+from .autodiff.primitive import _is_leaf_none, bind_solve
 from .linops.base import AbstractLinearOperator
 from .linops.functions import is_positive_semidefinite
 from .solvers._misc import flat, unflat
@@ -111,7 +111,7 @@ def _check_options(options: Any) -> dict:
             "value) or `lx.StochasticLanczos(...)` (stochastic value and derivative, matrix-free), "
             f"got {type(estimator).__name__}."
         )
-    return dict(options)
+    return options
 
 
 def slogdet(
@@ -212,7 +212,9 @@ def _slogdet_jvp(primals, tangents, *, state, options, solver):
     (operator,) = primals
     (op_t,) = tangents
     sign, logabsdet = _slogdet_custom(operator, state=state, options=options, solver=solver)
-    if op_t is None or all(t is None for t in jax.tree_util.tree_leaves(op_t, is_leaf=_is_none)):
+    if op_t is None or all(
+        t is None for t in jax.tree_util.tree_leaves(op_t, is_leaf=_is_leaf_none)
+    ):
         return (sign, logabsdet), (None, None)
     # Symbolic zeros (`None`) of differentiable leaves become arrays of zeros for `filter_jvp`.
     op_t = jax.tree_util.tree_map(
@@ -223,7 +225,7 @@ def _slogdet_jvp(primals, tangents, *, state, options, solver):
         ),
         operator,
         op_t,
-        is_leaf=_is_none,
+        is_leaf=_is_leaf_none,
     )
 
     def tangent(fn):
@@ -240,10 +242,6 @@ def _slogdet_jvp(primals, tangents, *, state, options, solver):
     else:
         d_sign = None
     return (sign, logabsdet), (d_sign, d_logabsdet)
-
-
-def _is_none(x) -> bool:
-    return x is None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -382,22 +382,14 @@ def _solve_member(
         k = rhs.shape[1]
         rhs = np.concatenate([rhs.real, rhs.imag], axis=1)
     rhs = rhs.astype(fdtype, copy=False)
-    # cuDSS factorizes Aᵀ separately (see _cudss); the other backends transpose at solve time.
-    orientation = transposed if backend == "cudss" else None
-
-    def factorize():
-        CACHE.count_factorization(backend)
-        if backend == "cudss":
-            return module.factorize(pattern, values, fdtype, kind, transposed)
-        return module.factorize(pattern, values, fdtype, kind)
 
     def use(factor):
         if factor is SINGULAR:
             return None
+        # cuDSS factorizes Aᵀ separately (see _cudss); the other backends transpose when solving.
         return factor.solve(rhs, transposed and backend != "cudss")
 
-    key = (backend, kind, fdtype.str, orientation, pattern)
-    x = CACHE.run(key, values, factorize, use, frozen)
+    x = _with_factor(pattern, backend, kind, transposed, values, use, frozen)
     if x is None:
         return np.full((n, rhs.shape[1] // (2 if split else 1)), np.nan, out_dtype), 1
     if split:
@@ -514,6 +506,7 @@ def _with_factor(pattern, backend, kind, transposed, values, use, frozen=False):
     `frozen` as in `_solve_member`."""
     module = _MODULES[backend]
     fdtype = module.factor_dtype(values.dtype)
+    # cuDSS factorizes Aᵀ separately, cached apart; the others solve with Aᵀ from A's factors.
     orientation = transposed if backend == "cudss" else None
 
     def factorize():

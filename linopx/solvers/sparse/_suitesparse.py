@@ -65,14 +65,15 @@ def _column_major(b: np.ndarray):
     return matrix(np.asfortranarray(b), tc=_typecode(b.dtype))
 
 
-def _scipy_matrix(pattern: SparsityPattern, values: np.ndarray, dtype):
-    """The full matrix as SciPy CSC (for the condition check's norm)."""
+def _scipy_matrix(pattern: SparsityPattern, values: np.ndarray, dtype, data=None):
+    """The full matrix as SciPy CSC (for the condition check's norm); `data`, if given, is its
+    CSC data already computed from `values`."""
     import scipy.sparse as sp
 
     layout = _layout.csc(pattern)
-    return sp.csc_matrix(
-        (layout.data(values, dtype), layout.indices, layout.indptr), shape=pattern.shape
-    )
+    if data is None:
+        data = layout.data(values, dtype)
+    return sp.csc_matrix((data, layout.indices, layout.indptr), shape=pattern.shape)
 
 
 def _compressed_columns(layout, n: int, dtype, fill: float = 0):
@@ -213,12 +214,12 @@ class _UmfpackPattern:
         self.dtype = dtype
         self.symbolic = umfpack.symbolic(self.template)
 
-    def matrix(self, values: np.ndarray):
-        """A new `spmatrix` with these values (each numeric factor keeps its own)."""
+    def matrix(self, data: np.ndarray):
+        """A new `spmatrix` with this CSC `data` (each numeric factor keeps its own)."""
         from kvxopt import matrix, sparse
 
         a = sparse(self.template)  # a copy (about 1 ms per 10⁶ entries)
-        a.V = matrix(self.layout.data(values, self.dtype), tc=_typecode(self.dtype))
+        a.V = matrix(data, tc=_typecode(self.dtype))
         return a
 
 
@@ -288,13 +289,14 @@ def umfpack_factorize(pattern: SparsityPattern, values: np.ndarray, dtype, kind:
     state = pattern.memo(
         ("umfpack", np.dtype(dtype).str), lambda: _UmfpackPattern(pattern, dtype, layout)
     )
-    a = state.matrix(values)
+    data = layout.data(values, dtype)  # CSC data, for UMFPACK and for the condition check
+    a = state.matrix(data)
     try:
         numeric = umfpack.numeric(a, state.symbolic)
     except ArithmeticError:  # "singular matrix"
         return SINGULAR, 0
     factor = UmfpackFactor(a, numeric, state)
-    if not condition_check(_scipy_matrix(pattern, values, dtype), factor, dtype):
+    if not condition_check(_scipy_matrix(pattern, values, dtype, data), factor, dtype):
         factor.close()
         return SINGULAR, 0
     return factor, _nbytes(8 * state.layout.size, dtype)
