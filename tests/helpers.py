@@ -668,3 +668,25 @@ STRUCTURED_BUILDERS: list[tuple[str, Callable[..., tuple[Built, np.ndarray]]]] =
     ("tridiagonal_plus_diagonal", make_tridiagonal_plus_diagonal),
 ]
 STRUCTURED_NAMES = [name for name, _ in STRUCTURED_BUILDERS]
+
+
+class InverseSolver(lx.AbstractLinearSolver):
+    """Solves with an explicit inverse: no derivative code."""
+
+    def init(self, operator, options):
+        return jnp.linalg.inv(operator.as_matrix())
+
+    def compute(self, state, vector, options):
+        return state @ vector, lx.RESULTS.successful, {}
+
+    def transpose(self, state, options):
+        return state.T, options
+
+    def conj(self, state, options):
+        return jnp.conj(state), options
+
+    def allow_dependent_rows(self, operator):
+        return False
+
+    def allow_dependent_columns(self, operator):
+        return False

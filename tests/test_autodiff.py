@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from helpers import (
     OPERATOR_BUILDERS,
+    InverseSolver,
     make_matrix,
     random_vector,
     tags_for_kind,
@@ -408,28 +409,6 @@ def test_complex_gradient_rank_deficient(rng):
 
 # ---------------------------------------------------------------------------------------------
 # A user-written solver gets derivatives for free
-
-
-class InverseSolver(lx.AbstractLinearSolver):
-    """Solves with an explicit inverse: no derivative code."""
-
-    def init(self, operator, options):
-        return jnp.linalg.inv(operator.as_matrix())
-
-    def compute(self, state, vector, options):
-        return state @ vector, lx.RESULTS.successful, {}
-
-    def transpose(self, state, options):
-        return state.T, options
-
-    def conj(self, state, options):
-        return jnp.conj(state), options
-
-    def allow_dependent_rows(self, operator):
-        return False
-
-    def allow_dependent_columns(self, operator):
-        return False
 
 
 class JacobiSolver(lx.AbstractLinearSolver):

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from helpers import InverseSolver
+
 import linopx as lx
 
 jax.config.update("jax_enable_x64", True)
@@ -329,32 +331,14 @@ def test_custom_solver_gets_derivatives_for_free():
     """A solver that implements only `logdet` (besides the six methods) is differentiable: the
     default `logdet_tangent` forms A⁻¹ with its `compute`."""
 
-    class InverseSolver(lx.AbstractLinearSolver):
-        def init(self, operator, options):
-            return jnp.linalg.inv(operator.as_matrix())
-
-        def compute(self, state, vector, options):
-            return state @ vector, lx.RESULTS.successful, {}
-
-        def transpose(self, state, options):
-            return state.T, options
-
-        def conj(self, state, options):
-            return jnp.conj(state), options
-
-        def allow_dependent_rows(self, operator):
-            return False
-
-        def allow_dependent_columns(self, operator):
-            return False
-
+    class InverseSolverWithLogdet(InverseSolver):
         def logdet(self, state, options):
             # det A = 1 / det A⁻¹.
             sign, logabsdet = jnp.linalg.slogdet(state)
             return sign, -logabsdet
 
     a = jnp.asarray(_general(seed=15))
-    f = lambda m: lx.slogdet(lx.MatrixLinearOperator(m), InverseSolver())[1]  # noqa: E731
+    f = lambda m: lx.slogdet(lx.MatrixLinearOperator(m), InverseSolverWithLogdet())[1]  # noqa: E731
     np.testing.assert_allclose(f(a), np.linalg.slogdet(np.asarray(a))[1], rtol=1e-12)
     np.testing.assert_allclose(jax.grad(f)(a), np.linalg.inv(np.asarray(a)).T, rtol=1e-9)
 
