@@ -60,3 +60,54 @@ def silence_callback_log(exception_type: type) -> None:
         return not isinstance(exc, exception_type)
 
     logging.getLogger(_CALLBACK_LOGGER).addFilter(keep)
+
+
+# Which devices a host callback runs on is decided from the lowering context, which JAX does not
+# expose publicly (`jax/_src/callback.py`, `_callback_op_sharding`): on a program partitioned over
+# several devices (`jit` with shardings) a callback runs once, on the first device; inside a fully
+# manual `shard_map` it runs on every device.
+def per_device_mesh(ctx):
+    """`(mesh, axis_names)` to run a raising host callback on every device with, by a `shard_map`
+    over those axes of that mesh (`axis_names` None: all of them), or `None` if the callback
+    already runs on every device (inside a fully manual `shard_map`) or there is only one.
+
+    `ctx` is a lowering rule's context."""
+    from jax._src import sharding_impls
+
+    axis_context = ctx.module_context.axis_context
+    if isinstance(axis_context, sharding_impls.SPMDAxisContext):
+        # Inside a `shard_map` over some of the mesh's axes: callbacks are refused there, so the
+        # check goes through a `shard_map` over the other axes.
+        rest = frozenset(axis_context.mesh.axis_names) - frozenset(axis_context.manual_axes)
+        return (jax.sharding.get_abstract_mesh(), rest) if rest else None
+    if isinstance(axis_context, sharding_impls.ShardingContext):
+        if axis_context.num_devices <= 1:
+            return None
+        mesh = axis_context.abstract_mesh
+        if mesh is None or mesh.empty:
+            mesh = jax.sharding.get_abstract_mesh()
+        if mesh is None or mesh.empty:
+            # Lowered without a mesh (`Auto` shardings, no `jax.set_mesh`): one axis over all
+            # the program's devices. Which devices is not known here, and not needed.
+            mesh = jax.sharding.AbstractMesh((axis_context.num_devices,), ("devices",))
+        return mesh, None
+    return None
+
+
+# JAX's own operations (`lax.mul`, ...) make their operands agree on the manual mesh axes they
+# vary over inside `shard_map` (`core.auto_insert_reshard`, inserting `pvary`) before binding their
+# primitive. A traced program replayed primitive by primitive (`linops/function.py`) must do the
+# same, or a closed-over constant times a per-shard vector fails the `check_vma` type check.
+def vary_alike(args: list) -> list:
+    """`args` with every array marked as varying over the union of the manual axes that any of
+    them varies over (a no-op outside `shard_map`)."""
+    from jax._src import core
+
+    return list(core.auto_insert_reshard(*args))
+
+
+def varying_axes(x) -> frozenset:
+    """The manual mesh axes (inside `shard_map`) that `x` varies over; empty elsewhere."""
+    aval = jax.typeof(x)
+    mat = getattr(aval, "mat", None)
+    return frozenset(getattr(mat, "varying", ()) or ())

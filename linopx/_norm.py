@@ -57,6 +57,7 @@ def tree_dot(tree1: PyTree, tree2: PyTree) -> Array:
             jnp.conj(jnp.reshape(jnp.asarray(a).astype(dtype), -1)),
             jnp.reshape(jnp.asarray(b).astype(dtype), -1),
             precision=jax.lax.Precision.HIGHEST,
+            out_sharding=_tree.replicated_result(a, b),
         )
         for a, b in zip(leaves1, leaves2)
     ]

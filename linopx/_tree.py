@@ -123,9 +123,34 @@ def tree_zeros(structure: Any) -> Any:
     return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), structure)
 
 
+def replicated_result(*operands, ndim: int = 0):
+    """The `out_sharding` to give a contraction of `operands` (`jnp.dot`, `jnp.tensordot`) whose
+    `ndim`-dimensional result every device needs, such as an inner product: replicated, when an
+    operand is sharded over `Explicit` mesh axes (JAX then asks which sharding the result should
+    have); `None` (JAX's default) otherwise, and on one device."""
+    for x in operands:
+        sharding = jax.typeof(x).sharding
+        if not sharding.mesh.empty and sharding.mesh.explicit_axes and any(
+            s is not None for s in sharding.spec
+        ):
+            return jax.sharding.NamedSharding(
+                sharding.mesh, jax.sharding.PartitionSpec(*([None] * ndim))
+            )
+    return None
+
+
+def vdot(x: jax.Array, y: jax.Array) -> jax.Array:
+    """`jnp.vdot(x, y)` (`Σ conj(x) y` over all entries), also for arrays sharded over `Explicit`
+    mesh axes: the result is a scalar on every device (a local product and an all-reduce)."""
+    out_sharding = replicated_result(x, y)
+    if out_sharding is None:
+        return jnp.vdot(x, y)
+    return jnp.dot(jnp.conj(x).ravel(), y.ravel(), out_sharding=out_sharding)
+
+
 def tree_dot(a: Any, b: Any) -> jax.Array:
     """Bilinear (unconjugated) inner product of two pytrees of arrays."""
-    leaves = [jnp.vdot(jnp.conj(x), y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
+    leaves = [vdot(jnp.conj(x), y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))]
     return sum(leaves[1:], leaves[0]) if leaves else jnp.zeros(())
 
 

@@ -25,9 +25,12 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from .. import _tree
-from .._compat import enum_index, enum_message, silence_callback_log
+from jax.sharding import PartitionSpec as P
+
+from .._compat import enum_index, enum_message, per_device_mesh, silence_callback_log
 from .._lru import LRUCache
 from .._solution import RESULTS, LinearSolveError
+from .._sharding import broadcast_batch
 
 _SUCCESSFUL = int(enum_index(RESULTS.successful))
 _NONFINITE = int(enum_index(RESULTS.nonfinite_input))
@@ -40,7 +43,7 @@ _FAILURE = re.compile(r"LinearSolveError: (.*)", re.DOTALL)
 
 
 def clean_failure(err: BaseException) -> LinearSolveError | None:
-    """The `LinearSolveError` that a JAX runtime error carries (raised by `_host_check` inside a
+    """The `LinearSolveError` that a JAX runtime error carries (raised by `_host_raise` inside a
     callback, and wrapped by JAX with the callback's traceback), or `None` if it carries none."""
     if isinstance(err, LinearSolveError):
         return err
@@ -92,71 +95,88 @@ def classify(result, solver_result, operator_leaves, vector_leaves):
     )
 
 
-def _host_check(code, solver_code, *arrays, n_operator: int, member_ndims: tuple):
-    """Runs on the host: raise with the message of the first failed member, classified as
-    `classify` does. `code` carries every batch axis; an array carries those it is batched along,
-    leading and left-aligned with `code`'s (size 1 where unbatched at that level)."""
-    code, solver_code = np.asarray(code), np.asarray(solver_code)
-    solver_code = np.broadcast_to(solver_code, code.shape)
-    for idx in np.ndindex(code.shape):
-        c = int(code[idx])
-        if c == _SUCCESSFUL:
-            continue
-        member = []
-        for a, nd in zip(arrays, member_ndims):
-            a = np.asarray(a)
-            batch = a.shape[: a.ndim - nd]
-            member.append(a[tuple(i if d > 1 else 0 for i, d in zip(idx, batch))])
-        operator_ok = all(np.isfinite(a).all() for a in member[:n_operator])
-        vector_ok = all(np.isfinite(a).all() for a in member[n_operator:])
-        blames_matrix = int(solver_code[idx]) not in (_SUCCESSFUL, _NONFINITE)
-        if not operator_ok or (not vector_ok and not blames_matrix):
-            c = _NONFINITE
-        elif c == _NONFINITE:
-            c = _SINGULAR
-        raise LinearSolveError(enum_message(RESULTS, c))
-    return np.zeros(code.shape, np.int32)
+def _host_raise(code):
+    """Runs on the host, only when a solve failed: raise with the message of `code`, the
+    diagnosis of the first failed member (a scalar)."""
+    raise LinearSolveError(enum_message(RESULTS, int(np.asarray(code))))
 
 
-def _guard_impl(*operands, n_values: int, n_operator: int, member_ndims: tuple):
+def _diagnosis(code, solver_code, flags, n_operator: int):
+    """The code of the first failed member, classified as `classify` does, as one scalar.
+
+    `flags` hold, per inspected array, whether each member's entries are all finite (with that
+    array's batch axes, of size 1 where it is unbatched). Everything here is elementwise over the
+    members or a reduction to a scalar, so on sharded inputs it is local work and a scalar
+    all-reduce: no input, and no per-member array, is gathered."""
+    members = jnp.arange(code.size, dtype=jnp.int32).reshape(code.shape)
+
+    def all_of(group):
+        out = jnp.ones(code.shape, bool)
+        for f in group:
+            out = out & f
+        return out
+
+    operator_ok, vector_ok = all_of(flags[:n_operator]), all_of(flags[n_operator:])
+    failed = code != _SUCCESSFUL
+    blames_matrix = (solver_code != _SUCCESSFUL) & (solver_code != _NONFINITE)
+    nonfinite = ~operator_ok | (~vector_ok & ~blames_matrix)
+    classified = jnp.where(
+        nonfinite, _NONFINITE, jnp.where(code == _NONFINITE, _SINGULAR, code)
+    ).astype(jnp.int32)
+    first = jnp.min(jnp.where(failed, members, code.size))
+    return jnp.sum(jnp.where(members == first, classified, 0))
+
+
+def _guard_impl(
+    *operands, n_values: int, n_operator: int, member_ndims: tuple, per_device_mesh=None
+):
     """What `check_p` computes: the values, unchanged, once the host has confirmed that no member
     failed. `code` carries one leading axis per `vmap` level; so does every value, and so does every
-    array (of size 1 where unbatched at that level)."""
+    array (of size 1 where unbatched at that level).
+
+    `per_device_mesh` (set by the lowering when the program spans several devices: a mesh and
+    the axes to map over, all if None): run the host call on every device rather than on one. A callback that raises on one device while the others
+    wait for its result in a collective leaves them waiting, and XLA then aborts the whole process;
+    when every device raises the same error at the same point, the program fails cleanly."""
     values = list(operands[:n_values])
     code, solver_code = operands[n_values], operands[n_values + 1]
     arrays = list(operands[n_values + 2 :])
-    host = functools.partial(
-        _host_check, n_operator=n_operator, member_ndims=(0,) * len(member_ndims)
-    )
 
     def look():
-        # Each input is reduced to one flag per member here, in the program, before it goes to the
-        # host: 0 where the member's array is all finite, NaN where not. The host gets scalars, not
-        # the operator: no copy of the matrix into the layout a callback needs (measured: two
-        # copies of a 1000 x 1000 matrix per LU gradient), and no gather of a sharded one.
+        # Each input is reduced to one flag per member, in the program, and the members to one
+        # diagnosis: the host gets a scalar, not the operator (no copy of the matrix into the
+        # layout a callback needs, no gather of a sharded one).
         flags = [
-            jnp.where(
-                jnp.all(jnp.isfinite(a), axis=tuple(range(a.ndim - nd, a.ndim))), 0.0, jnp.nan
-            )
+            jnp.all(jnp.isfinite(a), axis=tuple(range(a.ndim - nd, a.ndim)))
             for a, nd in zip(arrays, member_ndims)
         ]
-        return jax.pure_callback(
-            host,
-            jax.ShapeDtypeStruct(code.shape, jnp.int32),
-            code,
-            solver_code,
-            *flags,
-            vmap_method="sequential",
-        )
+        diagnosis = _diagnosis(code, solver_code, flags, n_operator)
+
+        def call(d):
+            return jax.pure_callback(
+                _host_raise, jax.ShapeDtypeStruct((), jnp.int32), d, vmap_method="sequential"
+            )
+
+        if per_device_mesh is None:
+            return call(diagnosis)
+        mesh, axis_names = per_device_mesh
+        return jax.shard_map(
+            call,
+            mesh=mesh,
+            in_specs=P(),
+            out_specs=P(),
+            check_vma=False,
+            **({} if axis_names is None else {"axis_names": set(axis_names)}),
+        )(diagnosis)
 
     # The predicate is a single boolean, so the look at the inputs, and the callback, only run
     # when a solve failed.
     token = jax.lax.cond(
-        jnp.any(code != _SUCCESSFUL), look, lambda: jnp.zeros(code.shape, jnp.int32)
+        jnp.any(code != _SUCCESSFUL), look, lambda: jnp.zeros((), jnp.int32)
     )
     # Tie the values to the check so that neither can be dropped or reordered before it: the
-    # token is always 0 when the callback returns (it raises otherwise).
-    ok = jnp.all(token == 0)
+    # callback never returns (it raises), so `token` is 0 whenever the values are used.
+    ok = token == 0
     return [jnp.where(ok, v, jnp.full_like(v, jnp.nan)) for v in values]
 
 
@@ -171,11 +191,12 @@ check_p.multiple_results = True
 
 
 def _check_abstract_eval(*avals, n_values, **_):
-    return [jax.core.ShapedArray(a.shape, a.dtype) for a in avals[:n_values]]
+    # The values' types unchanged: shape, dtype and sharding (part of the type on `Explicit` meshes).
+    return [a.update(weak_type=False) for a in avals[:n_values]]
 
 
 def _check_lowering(ctx, *args, **params):
-    fn = functools.partial(_guard_impl, **params)
+    fn = functools.partial(_guard_impl, per_device_mesh=per_device_mesh(ctx), **params)
     return mlir.lower_fun(fn, multiple_results=True)(ctx, *args)
 
 
@@ -204,9 +225,11 @@ def _check_transpose(cts, *args, n_values, **params):
 def _check_batch(args, dims, *, n_values, **params):
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
 
+    like, like_axis = next((a, d) for a, d in zip(args, dims) if d is not None)
+
     def full(x, d):  # every member along a new leading axis
         if d is None:
-            return jnp.broadcast_to(x, (size, *jnp.shape(x)))
+            return broadcast_batch(x, size, like, like_axis)
         return jnp.moveaxis(x, d, 0)
 
     def lead(x, d):  # a leading axis for this level: size 1 (a reshape, not a copy) if unbatched

@@ -30,6 +30,7 @@ from .._lru import LRUCache
 from .._solution import RESULTS
 from ..linops.functions import conj as conj_operator
 from ._checks import raise_if_failed, run_eagerly
+from .._sharding import broadcast_batch, typed_like, zeros_of
 
 # ---------------------------------------------------------------------------------------------
 # Static (non-array) parameters
@@ -179,8 +180,24 @@ def _consts_bytes(closed) -> int:
 _TRACE_CACHE = LRUCache(512, max_bytes=64 << 20, weigh=lambda entry: _consts_bytes(entry[2]))
 
 
+def _aval(x):
+    """The type of an operand as the primitive sees it, sharding included."""
+    return jax.typeof(x).update(weak_type=False)
+
+
+def _struct(aval):
+    """A `ShapeDtypeStruct` with everything `aval` says: shape, dtype, sharding (on an `Explicit`
+    mesh, part of the type) and the manual axes it varies over (inside `shard_map`)."""
+    return jax.ShapeDtypeStruct(
+        aval.shape, aval.dtype, sharding=aval.sharding, manual_axis_type=aval.mat
+    )
+
+
 def _key_avals(avals) -> tuple:
-    return tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in avals)
+    # The whole type, less weak typing: shape, dtype, and what changes the program on many
+    # devices (the sharding with its mesh, the manual axes it varies over inside `shard_map`, the
+    # memory kind). Avals are interned, so this key hashes and compares cheaply.
+    return tuple(a.update(weak_type=False) for a in avals)
 
 
 def _out_info(static: _Static, avals: tuple, batch: tuple, check: bool):
@@ -189,13 +206,13 @@ def _out_info(static: _Static, avals: tuple, batch: tuple, check: bool):
     or None if it was not kept). Cached."""
 
     def trace():
-        structs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+        structs = [_struct(a) for a in avals]
         record: list = []
         closed = jax.make_jaxpr(_member_fn(static, batch, check, record))(structs)
         consts_bytes = _consts_bytes(closed)
         return (
             record[0],
-            tuple(jax.core.ShapedArray(a.shape, a.dtype) for a in closed.out_avals),
+            tuple(a.update(weak_type=False) for a in closed.out_avals),
             closed if consts_bytes <= _MAX_CACHED_CONST_BYTES else None,
         )
 
@@ -251,7 +268,7 @@ def bind_solve(operator, state, vector, options, solver, throw: bool, check: boo
     if check is None:
         check = throw
     leaves, static = _split(operator, state, vector, options, solver)
-    avals = tuple(jax.core.ShapedArray(jnp.shape(x), jnp.result_type(x)) for x in leaves)
+    avals = tuple(_aval(x) for x in leaves)
     treedef = _out_info(static, avals, (), check)[0]
     out = linear_solve_p.bind(*leaves, static=static, batch=(), throw=throw, check=check)
     value, (result, solver_result), stats = jax.tree_util.tree_unflatten(treedef, out)
@@ -401,7 +418,7 @@ def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool, check
     has_op = any(type(t) is not ad.Zero for t in op_tangents)
     has_vec = any(type(t) is not ad.Zero for t in vec_tangents)
 
-    avals = tuple(jax.core.ShapedArray(jnp.shape(p), jnp.result_type(p)) for p in primals)
+    avals = tuple(_aval(p) for p in primals)
     treedef, out_avals, _ = _out_info(static, avals, batch, check)
     n_value = treedef.children()[0].num_leaves
     zeros_out = [ad.Zero(a.to_tangent_aval()) for a in out_avals]
@@ -487,13 +504,13 @@ def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool, check:
     avals = tuple(
         p.aval
         if ad.is_undefined_primal(p)
-        else jax.core.ShapedArray(jnp.shape(p), jnp.result_type(p))
+        else _aval(p)
         for p in primals
     )
     treedef, out_avals, _ = _out_info(static, avals, batch, check)
     n_value = treedef.children()[0].num_leaves
     value_cts = [
-        jnp.zeros(a.shape, a.dtype) if type(ct) is ad.Zero else ct
+        zeros_of(a) if type(ct) is ad.Zero else typed_like(ct, a)
         for ct, a in zip(cts[:n_value], out_avals[:n_value])
     ]
     if all(type(ct) is ad.Zero for ct in cts[:n_value]):
@@ -535,7 +552,7 @@ ad.primitive_transposes[linear_solve_p] = _transpose
 
 
 def _batch(args, dims, *, static: _Static, batch: tuple, throw: bool, check: bool):
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    size, like, like_axis = next((a.shape[d], a, d) for a, d in zip(args, dims) if d is not None)
     s_vec = static.slices()[2]
     new_args, axes = [], []
     for i, (a, d) in enumerate(zip(args, dims)):
@@ -543,7 +560,9 @@ def _batch(args, dims, *, static: _Static, batch: tuple, throw: bool, check: boo
             if s_vec.start <= i < s_vec.stop:
                 # Keep the right-hand side batched whenever anything is, so that reverse mode
                 # (whose cotangents are batched) has matching shapes. Cheap: a vector, not a matrix.
-                a = jnp.broadcast_to(a, (size,) + tuple(jnp.shape(a)))
+                # Its new axis is placed like the batched operands' (on an `Explicit` mesh the
+                # members of one `vmap` must be sharded alike).
+                a = broadcast_batch(a, size, like, like_axis)
                 axes.append(0)
             else:
                 axes.append(None)

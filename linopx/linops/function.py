@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import types
 from typing import Any, Callable, Literal
 
 import equinox as eqx
 import jax
+import jax.extend
 import jax.numpy as jnp
 from jaxtyping import PyTree
 
 from .. import _tree
+from .._compat import vary_alike
 from .base import AbstractLinearOperator, check_tags
 from .tags import transpose_tags
 
@@ -41,6 +44,130 @@ def _check_inexact_output(frozen: tuple, name: str, what: str) -> None:
             "map returns floating or complex arrays. Return e.g. `y.astype(jnp.float64)`, or "
             "drop the rounding/comparison that made the output an integer."
         )
+
+
+_INLINED = frozenset({"jit", "pjit", "closed_call", "core_call"})
+
+
+def _replay(jaxpr, consts, args) -> list:
+    """Evaluate `jaxpr` on `args` by binding its primitives afresh, and with nested `jit`s inlined.
+
+    `jax.core.eval_jaxpr` binds a nested `jit` (which `jnp.roll` and many `jnp` functions are)
+    with the program it was traced with, whose types are those of the example input. On sharded
+    inputs that program computes the right values but on replicated types, so XLA gathers the
+    whole vector to feed it. Inlined, each primitive sees the input's sharding and propagates it,
+    as in a fresh trace of the function."""
+    env = {}
+
+    def read(v):
+        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts))
+    env.update(zip(jaxpr.invars, args))
+    for eqn in jaxpr.eqns:
+        values = [read(v) for v in eqn.invars]
+        if eqn.primitive.name in _INLINED and "jaxpr" in eqn.params:
+            inner = eqn.params["jaxpr"]
+            inner_jaxpr = getattr(inner, "jaxpr", inner)
+            outs = _replay(inner_jaxpr, getattr(inner, "consts", ()), values)
+        else:
+            params = eqn.primitive.get_bind_params(eqn.params)
+            if len(values) > 1:
+                values = vary_alike(values)
+            outs = eqn.primitive.bind(*values, **params)
+            if not eqn.primitive.multiple_results:
+                outs = [outs]
+        env.update(zip(eqn.outvars, outs))
+    return [read(v) for v in jaxpr.outvars]
+
+
+class _ClosureConverted(eqx.Module):
+    """`fn` as a traced program whose closed-over arrays (JAX tracers included) are leaves, so
+    that an operator holding it is a pytree of arrays and can cross `jit`, `vmap` and the solve
+    primitive.
+
+    It accepts any input with the example's tree structure, shapes and dtypes, whatever its
+    sharding: the program is replayed on the input, so that shardings (part of the type on
+    `Explicit` mesh axes) propagate through it as through any JAX function. A call with another
+    structure, shape or dtype raises."""
+
+    jaxpr: Any = eqx.field(static=True)
+    consts: list
+    in_tree: Any = eqx.field(static=True)
+    in_types: tuple = eqx.field(static=True)
+    out_tree: Any = eqx.field(static=True)
+    # A plain function that closes over nothing cannot hold tracers: it is kept as it is and
+    # called directly (no program is traced here; arrays it reads from globals stay constants).
+    plain: Callable | None = eqx.field(static=True)
+
+    def __init__(self, fn: Callable, structure: Any):
+        structs, in_tree = jax.tree_util.tree_flatten(structure)
+        self.in_tree = in_tree
+        self.in_types = tuple((tuple(s.shape), jnp.dtype(s.dtype)) for s in structs)
+        if isinstance(fn, types.FunctionType) and fn.__closure__ is None:
+            self.plain, self.jaxpr, self.consts, self.out_tree = fn, None, [], None
+            return
+        self.plain = None
+        out_tree = []
+
+        def flat(*leaves):
+            out = fn(jax.tree_util.tree_unflatten(in_tree, leaves))
+            out_leaves, treedef = jax.tree_util.tree_flatten(out)
+            out_tree.append(treedef)
+            return out_leaves
+
+        closed = jax.make_jaxpr(flat)(*structs)
+        self.jaxpr = closed.jaxpr
+        self.consts = list(closed.consts)
+        self.out_tree = out_tree[0]
+
+    def __call__(self, vector):
+        leaves, tree = jax.tree_util.tree_flatten(vector)
+        types = tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in leaves)
+        if tree != self.in_tree or types != self.in_types:
+            raise ValueError(
+                "FunctionLinearOperator: the operator was built for inputs of structure "
+                f"{_tree.describe(jax.tree_util.tree_unflatten(self.in_tree, [jax.ShapeDtypeStruct(*t) for t in self.in_types]))}, "
+                f"and was given {_tree.describe(_tree.structure_of(vector))}. Pass a vector of the "
+                "operator's input structure (`op.in_structure()`)."
+            )
+        if self.plain is not None:
+            return self.plain(vector)
+        out = _replay(self.jaxpr, self.consts, leaves)
+        return jax.tree_util.tree_unflatten(self.out_tree, out)
+
+
+class _Transposed(eqx.Module):
+    """The transpose of a closure-converted linear function, transposed afresh at each call.
+
+    Transposing once, when the operator is built, would fix the types of the transposed program
+    to those of the example input; on vectors sharded over `Explicit` mesh axes it would then
+    compute on replicated types and gather the vector. Here each call transposes the forward
+    program for the vector it is given. The forward program's input is taken to be placed like
+    that vector when the two have the same shapes (a square operator acting on one space), and
+    replicated otherwise."""
+
+    forward: _ClosureConverted
+    in_frozen: tuple = eqx.field(static=True)
+    square: bool = eqx.field(static=True)
+
+    def __call__(self, vector):
+        structure = _tree.thaw_structure(self.in_frozen)
+        if self.square:
+            structure = jax.tree_util.tree_map(_placed_like, structure, vector)
+        return jax.linear_transpose(self.forward, structure)(vector)[0]
+
+
+def _placed_like(struct, x):
+    """`struct` with the sharding of `x` where shardings are types (`Explicit` mesh axes), and
+    the manual mesh axes `x` varies over (inside `shard_map`)."""
+    aval = jax.typeof(x)
+    sharding = aval.sharding
+    if sharding.mesh.empty or not (sharding.mesh.explicit_axes or sharding.mesh.manual_axes):
+        return struct
+    return jax.ShapeDtypeStruct(
+        struct.shape, struct.dtype, sharding=sharding, manual_axis_type=aval.mat
+    )
 
 
 class FunctionLinearOperator(AbstractLinearOperator):
@@ -82,7 +209,9 @@ class FunctionLinearOperator(AbstractLinearOperator):
                 f"FunctionLinearOperator needs a function as `fn`, got {type(fn).__name__}; for a "
                 "matrix use `lx.MatrixLinearOperator`."
             )
-        self.fn = eqx.filter_closure_convert(fn, input_structure)
+        # A function that is already a pytree of arrays (the transpose of another operator) needs
+        # no conversion.
+        self.fn = fn if isinstance(fn, (_ClosureConverted, _Transposed)) else _ClosureConverted(fn, input_structure)
         self.input_frozen = input_frozen
         self.output_frozen = _tree.freeze_structure(jax.eval_shape(self.fn, input_structure))
         _check_inexact_output(self.output_frozen, "FunctionLinearOperator", "`fn`")
@@ -97,10 +226,15 @@ class FunctionLinearOperator(AbstractLinearOperator):
         return matrix_from_mv(self.mv, self.in_structure(), self.out_structure())
 
     def transpose(self):
-        transposed = jax.linear_transpose(self.fn, self.in_structure())
-        return FunctionLinearOperator(
-            lambda w: transposed(w)[0], self.out_structure(), transpose_tags(self.tags)
-        )
+        if isinstance(self.fn, _Transposed):
+            fn = self.fn.forward
+        else:
+            fn = _Transposed(
+                self.fn,
+                self.input_frozen,
+                _tree.same_shapes(self.in_structure(), self.out_structure()),
+            )
+        return FunctionLinearOperator(fn, self.out_structure(), transpose_tags(self.tags))
 
     def in_structure(self):
         return _tree.thaw_structure(self.input_frozen)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _tree
+from .._compat import varying_axes
 from .._solution import RESULTS
 from ..linops.base import AbstractLinearOperator
 from ..linops.functions import conj as conj_operator
@@ -36,6 +37,27 @@ from ._misc import check_real_scalar, widen_structure
 
 # ---------------------------------------------------------------------------------------------
 # Field checks
+
+
+
+def while_loop(cond, body, init):
+    """`lax.while_loop`, with the initial carry marked as varying over the manual mesh axes
+    (inside `shard_map`) that the body makes it vary over: a carry that starts as a constant (a
+    zero, an identity matrix) and is updated from a per-shard vector would otherwise change type
+    between iterations, which `check_vma` rejects. Outside `shard_map` it is `lax.while_loop`."""
+    if not jax.sharding.get_abstract_mesh().manual_axes:
+        return lax.while_loop(cond, body, init)
+    for _ in range(2):  # a second pass for carries that vary only through other carries
+        out = jax.eval_shape(body, init)
+        init = jax.tree_util.tree_map(_vary_as, init, out)
+    return lax.while_loop(cond, body, init)
+
+
+def _vary_as(x, like):
+    missing = varying_axes(like) - varying_axes(x)
+    if not missing:
+        return x
+    return jax.lax.pcast(x, tuple(sorted(missing)), to="varying")
 
 
 def _is_concrete_number(x: Any) -> bool:
@@ -249,7 +271,12 @@ class Space(eqx.Module):
             return _tree.unravel(vec, structure)
         return _cast_to(vec, structure)
 
-    def zeros(self) -> Any:
+    def zeros(self, like: Any = None) -> Any:
+        """A zero working vector. With `like` (a working vector of the same shapes, e.g. the
+        right-hand side of a square method), placed as `like` is: on `Explicit` mesh axes the
+        sharding is part of the type, and a loop's carry must keep its type."""
+        if like is not None:
+            return jax.tree_util.tree_map(lambda x: jnp.zeros_like(x, self.dtype), like)
         if self.flat:
             return jnp.zeros(_tree.structure_size(self.structure()), self.dtype)
         return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, self.dtype), self.structure())
@@ -352,8 +379,8 @@ def axpy(a, x, y):
 
 def _rdot_leaf(x, y):
     if is_complex_dtype(x.dtype):
-        return jnp.vdot(jnp.real(x), jnp.real(y)) + jnp.vdot(jnp.imag(x), jnp.imag(y))
-    return jnp.vdot(x, y)
+        return _tree.vdot(jnp.real(x), jnp.real(y)) + _tree.vdot(jnp.imag(x), jnp.imag(y))
+    return _tree.vdot(x, y)
 
 
 def rdot(x, y) -> jax.Array:
@@ -367,7 +394,7 @@ def rdot(x, y) -> jax.Array:
 def cdot(x, y) -> jax.Array:
     """`xᴴ y` (conjugating the first argument)."""
     leaves = [
-        jnp.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y))
+        _tree.vdot(a, b) for a, b in zip(jax.tree_util.tree_leaves(x), jax.tree_util.tree_leaves(y))
     ]
     return sum(leaves[1:], leaves[0])
 
@@ -422,7 +449,7 @@ def initial_guess(options: dict, xs: "Space", b: Any, mv: Callable) -> tuple[Any
     `b - A x0` (no product for a zero guess)."""
     y0 = options.get("y0")
     if y0 is None:
-        return xs.zeros(), b
+        return xs.zeros(like=b), b
     x0 = xs.pack(y0)
     return x0, sub(b, mv(x0))
 
@@ -497,7 +524,7 @@ def refine(
         return x, start, k, done, broke, stalled, jnp.minimum(new_measure, measure), rnorm
 
     init = (x0, start, k0, converged0 & finite0, false, false, measure0, rnorm0)
-    x, _, k, done, broke, stalled, _, rnorm = lax.while_loop(cond, body, init)
+    x, _, k, done, broke, stalled, _, rnorm = while_loop(cond, body, init)
     if fixed:
         result = RESULTS.where(
             jnp.logical_not(jnp.isfinite(rnorm)),

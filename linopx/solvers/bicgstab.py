@@ -6,7 +6,6 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jax import lax
 
 from . import _krylov as K
 from ._misc import check_square
@@ -118,7 +117,7 @@ class BiCGStab(AbstractLinearSolver):
 
             zero = K.scale(jnp.zeros((), dtype), r)
             init = (x, r, r, zero, zero, one, one, one, rr, k, jnp.ones((), bool))
-            x, *_, k, ok = lax.while_loop(cond, body, init)
+            x, *_, k, ok = K.while_loop(cond, body, init)
             return x, k, jnp.logical_not(ok), None
 
         check = K.true_residual_check(b, mv, tol2, squared=True)

@@ -6,7 +6,6 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jax import lax
 
 from ..linops.functions import is_negative_semidefinite, is_positive_semidefinite
 from . import _krylov as K
@@ -180,7 +179,7 @@ class CG(AbstractLinearSolver):
         loop_steps = min(max_steps, 2 ** (jnp.finfo(real).nmant + 1))
         broke0 = jnp.logical_not((rz0 > 0) | (rr0 <= tol2))
         s0 = _pack(real, rz0, rr0, 0, broke0)
-        x, _, _, s = lax.while_loop(cond, body, (x0, r0, z0, s0))
+        x, _, _, s = K.while_loop(cond, body, (x0, r0, z0, s0))
         # The true residual decides the result. It must be finite: with an infinite `b` the
         # tolerance is infinite too. A non-finite residual is `nonfinite_input` (NaN or infinity in
         # A, b, y0 or the preconditioner; `linear_solve` says `singular` if they are all finite).

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import _tree
 from . import _krylov as K
 from ._misc import check_square
 from .base import AbstractLinearSolver
@@ -29,7 +30,9 @@ def _givens(a: jax.Array, b: jax.Array):
 def _project(stack, w) -> jax.Array:
     """`Vᴴ w` for a stack of vectors `V` (leading axis) and a vector `w`, both pytrees."""
     parts = [
-        jnp.tensordot(jnp.conj(vl), wl, axes=wl.ndim)
+        jnp.tensordot(
+            jnp.conj(vl), wl, axes=wl.ndim, out_sharding=_tree.replicated_result(vl, wl, ndim=1)
+        )
         for vl, wl in zip(jax.tree_util.tree_leaves(stack), jax.tree_util.tree_leaves(w))
     ]
     return sum(parts[1:], parts[0])
@@ -125,7 +128,11 @@ class GMRES(AbstractLinearSolver):
             r, beta = start
             v0 = K.scale((1 / beta).astype(dtype), r)
             basis = jax.tree_util.tree_map(
-                lambda leaf: jnp.zeros((m + 1,) + leaf.shape, dtype).at[0].set(leaf), v0
+                # Built from `leaf` (not `jnp.zeros`) so that the basis is sharded like it.
+                lambda leaf: jnp.broadcast_to(jnp.zeros_like(leaf, dtype), (m + 1,) + leaf.shape)
+                .at[0]
+                .set(leaf),
+                v0,
             )
             # Q accumulates the Givens rotations ((m+1) x (m+1), small): applying it to a new
             # Hessenberg column is one small matrix-vector product instead of a loop over the
@@ -164,7 +171,7 @@ class GMRES(AbstractLinearSolver):
                 return basis, q, rt, j + 1, est.astype(rdtype), k + 1, rjj != 0
 
             init = (basis, q, rt, jnp.zeros((), jnp.int32), beta, k, jnp.ones((), bool))
-            basis, q, rt, j, _, k, ok = lax.while_loop(cond, body, init)
+            basis, q, rt, j, _, k, ok = K.while_loop(cond, body, init)
             g = jnp.where(idx < j, beta.astype(dtype) * q[:m, 0], 0)
             # On breakdown the last diagonal entry is zero: drop that column.
             keep = ok | (idx < j - 1)

@@ -6,7 +6,6 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jax import lax
 
 from . import _damped
 from . import _krylov as K
@@ -105,7 +104,7 @@ class LSMR(AbstractLinearSolver):
             v = K.scale(c(_safe_inv(alpha)), v)
             rdt = beta.dtype
             zero, one = jnp.zeros((), rdt), jnp.ones((), rdt)
-            zero_x = s.xs.zeros()
+            zero_x = s.xs.zeros(like=v)
             done0 = alpha * beta <= 0
 
             def cond(cr):
@@ -159,7 +158,7 @@ class LSMR(AbstractLinearSolver):
             zero_h = K.scale(c(0), v)
             init = (zero_x, u, v, v, zero_h, alpha, alpha, alpha * beta, one, one, one, zero,
                     zero, beta, zero, one, zero, zero, alpha**2, k, done0)  # fmt: skip
-            out = lax.while_loop(cond, body, init)
+            out = K.while_loop(cond, body, init)
             dy, k, norma2 = out[0], out[-2], out[-3]
             return K.add(x, s.apply_n(dy)), k, jnp.zeros((), bool), jnp.sqrt(norma2)
 

@@ -8,7 +8,6 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from . import _damped
 from . import _krylov as K
@@ -80,7 +79,8 @@ def run_least_squares(s: LeastSquaresSetup, inner: Callable):
         return (r, rnorm), done, jnp.stack([rnorm, arnorm]), rnorm
 
     if s.x0 is None:
-        x0, r0 = s.xs.zeros(), s.b
+        # Zeros placed as the solution will be (`Bᴴ b`'s type; `eval_shape` computes nothing).
+        x0, r0 = s.xs.zeros(like=jax.eval_shape(s.badj, s.b)), s.b
     else:
         x0 = s.x0
         r0 = K.sub(s.b, s.amv(x0))
@@ -195,7 +195,7 @@ class LSQR(AbstractLinearSolver):
             v = s.badj(u)
             alfa = K.norm(v)
             v = K.scale(c(_safe_inv(alfa)), v)
-            zero_x = s.xs.zeros()
+            zero_x = s.xs.zeros(like=v)
             rdt = beta.dtype
             false = jnp.zeros((), bool)
             # Already a least-squares solution (Bᴴ r = 0): nothing to do.
@@ -228,7 +228,7 @@ class LSQR(AbstractLinearSolver):
                 return dy, u, v, w, alfa, phibar, rhobar, anorm2, k + 1, done
 
             init = (zero_x, u, v, v, alfa, beta, alfa, jnp.zeros((), rdt), k, done0 | false)
-            dy, *_, anorm2, k, _ = lax.while_loop(cond, body, init)
+            dy, *_, anorm2, k, _ = K.while_loop(cond, body, init)
             return K.add(x, s.apply_n(dy)), k, false, jnp.sqrt(anorm2)
 
         return run_least_squares(s, inner)

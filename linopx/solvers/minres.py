@@ -6,7 +6,6 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-from jax import lax
 
 from ..linops.functions import is_hermitian
 from . import _krylov as K
@@ -152,7 +151,7 @@ class MINRES(AbstractLinearSolver):
             one = jnp.ones((), rdtype)
             init = (x, r, r, y, zero_v, zero_v, zero_s, beta1, zero_s, zero_s, zero_s, beta1,
                     -one, zero_s, k, ok, jnp.zeros((), jnp.int32))  # fmt: skip
-            out = lax.while_loop(cond, body, init)
+            out = K.while_loop(cond, body, init)
             return out[0], out[14], jnp.logical_not(out[15]), None
 
         x, result, stats = K.refine_from_residual(

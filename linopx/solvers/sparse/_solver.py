@@ -15,6 +15,7 @@ import numpy as np
 from ... import _tree
 from ..._compat import silence_callback_log
 from ..._lru import LRUCache
+from ..._sharding import gathered, placed_like
 from ..._solution import RESULTS
 from ...linops.composite import TaggedLinearOperator
 from ...linops.functions import is_positive_semidefinite, is_symmetric
@@ -223,17 +224,19 @@ class SparseLU(AbstractLinearSolver):
         else:  # a traced pattern: its indices travel to the host with the values
             host = functools.partial(_host_solve_traced, state.dims, *settings)
             operands = (state.values, *state.index)
+        # On sharded inputs the callback reads the values and the right-hand side whole: they are
+        # gathered once, and the solution is placed back as the right-hand side was.
         x, flag = jax.pure_callback(
             host,
             (jax.ShapeDtypeStruct((n,), dtype), jax.ShapeDtypeStruct((), jnp.int32)),
-            *operands,
-            b.astype(dtype),
+            *(gathered(op) for op in operands),
+            gathered(b.astype(dtype)),
             # One call for a whole batch: unbatched inputs arrive with leading axes of size 1 and
             # `_host_solve` broadcasts, so a batch of right-hand sides is one multi-column solve.
             vmap_method="expand_dims",
         )
         result = RESULTS.where(flag == 0, RESULTS.successful, RESULTS.singular)
-        return x, result, {}
+        return placed_like(x, b), result, {}
 
     def transpose(self, state: _SparseLUState, options):
         # Aᵀ is solved with the factors of A (SuperLU trans="T", PARDISO iparm[11]=2).

@@ -1,0 +1,329 @@
+"""Checks on 8 virtual CPU devices, run by `test_sharding.py` in a subprocess (the device count
+must be set before JAX starts). Prints one JSON object per line: `{"case": ..., "ok": ..., ...}`.
+
+Each case is a program a user writes: arrays placed with `NamedSharding` on an `Auto` or
+`Explicit` mesh, then `jit`, `vmap`, `grad` or `shard_map` around `lx.linear_solve`. References
+are NumPy/SciPy in float64; the compiled programs are read for collectives."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+
+import json
+import re
+import traceback
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+jax.config.update("jax_enable_x64", True)
+
+import linopx as lx  # noqa: E402
+
+
+def report(case, **fields):
+    fields = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in fields.items()}
+    print(json.dumps({"case": case, **fields}), flush=True)
+
+
+def run(case, fn):
+    try:
+        fields = fn()
+        report(case, **fields)
+    except Exception as err:  # noqa: BLE001 - reported to the test, which fails with it
+        report(
+            case, error=f"{type(err).__name__}: {err}"[:2000], trace=traceback.format_exc()[-3000:]
+        )
+
+
+def collectives(compiled_text):
+    """The shapes of the all-gathers and all-reduces in a compiled program."""
+    gathers = re.findall(r"= (\S+) all-gather\(", compiled_text)
+    reduces = re.findall(r"= (\S+) all-reduce\(", compiled_text)
+    return gathers, reduces
+
+
+def largest_reduce(reduces):
+    """The largest number of elements in one all-reduce (tuple results count all their parts)."""
+    best = 0
+    for shape in reduces:
+        sizes = re.findall(r"\[([\d,]*)\]", shape)
+        total = sum(int(np.prod([int(d) for d in s.split(",") if d])) if s else 1 for s in sizes)
+        best = max(best, total)
+    return best
+
+
+def mesh_for(kind, name="x"):
+    axis = AxisType.Explicit if kind == "explicit" else AxisType.Auto
+    return jax.make_mesh((8,), (name,), axis_types=(axis,))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dense solvers on a batch of systems, the batch sharded.
+
+RNG = np.random.default_rng(0)
+BATCH, M = 8, 6
+A_GEN = RNG.standard_normal((BATCH, M, M))
+A_SPD = A_GEN @ np.swapaxes(A_GEN, 1, 2) + M * np.eye(M)
+A_GEN = A_GEN + 3 * np.eye(M)
+B_BATCH = RNG.standard_normal((BATCH, M))
+
+DENSE = {
+    "LU": (lx.LU(), A_GEN, ()),
+    "QR": (lx.QR(), A_GEN, ()),
+    "SVD": (lx.SVD(), A_GEN, ()),
+    "Cholesky": (lx.Cholesky(), A_SPD, (lx.positive_semidefinite_tag,)),
+    "Auto": (lx.AutoLinearSolver(well_posed=None), A_GEN, ()),
+}
+
+
+def dense_case(kind, name, how):
+    solver, a_np, tags = DENSE[name]
+    mesh = mesh_for(kind, "batch")
+
+    def solve(a, b):
+        return lx.linear_solve(lx.MatrixLinearOperator(a, tags), b, solver).value
+
+    def loss(a, b):
+        return jnp.sum(jax.vmap(solve)(a, b) ** 2)
+
+    expected = np.linalg.solve(a_np, B_BATCH[..., None])[..., 0]
+    # d/db Σ|x|² = 2 A⁻ᵀ x;  d/dA = -A⁻ᵀ (2x) xᵀ
+    w = np.linalg.solve(np.swapaxes(a_np, 1, 2), 2 * expected[..., None])[..., 0]
+    grad_a = -w[:, :, None] * expected[:, None, :]
+
+    with jax.set_mesh(mesh):
+        a = jax.device_put(a_np, NamedSharding(mesh, P("batch")))
+        b = jax.device_put(B_BATCH, NamedSharding(mesh, P("batch")))
+        if how == "vmap":
+            f = jax.jit(jax.vmap(solve))
+        else:  # shard_map with its default checks, vmap inside each shard
+            f = jax.jit(
+                jax.shard_map(
+                    jax.vmap(solve), mesh=mesh, in_specs=(P("batch"),) * 2, out_specs=P("batch")
+                )
+            )
+        x = f(a, b)
+        g = jax.jit(jax.grad(loss, argnums=(0, 1)))
+        ga, gb = g(a, b)
+        gathers, _ = collectives(g.lower(a, b).compile().as_text())
+        return dict(
+            ok=True,
+            err=float(np.abs(np.asarray(x) - expected).max()),
+            err_grad_a=float(np.abs(np.asarray(ga) - grad_a).max()),
+            err_grad_b=float(np.abs(np.asarray(gb) - w).max()),
+            out_spec=str(x.sharding.spec),
+            grad_spec=str(ga.sharding.spec),
+            gathers=len(gathers),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Krylov solvers on a sharded vector: eight independent shifted periodic 1-D Laplacians, one per
+# device block, so that the operator itself communicates nothing.
+
+N = 8 * 256
+SHIFT = 0.3
+B_VEC = RNG.standard_normal(N)
+
+
+def block_mv(v, s):
+    u = v.reshape(8, N // 8)
+    out = (2.0 + s) * u - jnp.roll(u, 1, axis=1) - jnp.roll(u, -1, axis=1)
+    return out.reshape(N)
+
+
+def block_reference():
+    m = N // 8
+    t = (2 + SHIFT) * np.eye(m) - np.roll(np.eye(m), 1, axis=0) - np.roll(np.eye(m), -1, axis=0)
+    blocks = B_VEC.reshape(8, m)
+    x = np.concatenate([np.linalg.solve(t, blocks[i]) for i in range(8)])
+    # d/ds Σ|x|² = -2 xᵀ A⁻¹ x (dA/ds = I);  d/db = 2 A⁻¹ x (A symmetric)
+    ainv_x = np.concatenate([np.linalg.solve(t, x.reshape(8, m)[i]) for i in range(8)])
+    return x, -2 * x @ ainv_x, 2 * ainv_x
+
+
+KRYLOV = {
+    "CG": lambda: lx.CG(rtol=1e-11, atol=0.0),
+    "GMRES": lambda: lx.GMRES(rtol=1e-11, atol=0.0, restart=40),
+    "BiCGStab": lambda: lx.BiCGStab(rtol=1e-11, atol=0.0),
+    "MINRES": lambda: lx.MINRES(rtol=1e-11, atol=0.0),
+    "LSMR": lambda: lx.LSMR(rtol=1e-11, atol=0.0),
+    "LSQR": lambda: lx.LSQR(rtol=1e-11, atol=0.0),
+}
+
+
+def krylov_case(kind, name, throw):
+    mesh = mesh_for(kind)
+    struct = jax.ShapeDtypeStruct((N,), jnp.float64)
+    solver = KRYLOV[name]()
+    x_ref, ds_ref, db_ref = block_reference()
+
+    def solve(b, s):
+        op = lx.FunctionLinearOperator(
+            lambda v: block_mv(v, s), struct, lx.positive_semidefinite_tag
+        )
+        return lx.linear_solve(op, b, solver, throw=throw).value
+
+    def loss(b, s):
+        return jnp.sum(solve(b, s) ** 2)
+
+    with jax.set_mesh(mesh):
+        b = jax.device_put(B_VEC, NamedSharding(mesh, P("x")))
+        s = jnp.asarray(SHIFT)
+        f = jax.jit(solve)
+        g = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        x = f(b, s)
+        _, (gb, gs) = g(b, s)
+        gathers_f, reduces_f = collectives(f.lower(b, s).compile().as_text())
+        gathers_g, reduces_g = collectives(g.lower(b, s).compile().as_text())
+        return dict(
+            ok=True,
+            err=float(np.abs(np.asarray(x) - x_ref).max() / np.abs(x_ref).max()),
+            err_grad_s=float(abs(float(gs) - ds_ref) / abs(ds_ref)),
+            err_grad_b=float(np.abs(np.asarray(gb) - db_ref).max() / np.abs(db_ref).max()),
+            out_spec=str(x.sharding.spec),
+            grad_spec=str(gb.sharding.spec),
+            gathers=len(gathers_f) + len(gathers_g),
+            largest_reduce=largest_reduce(reduces_f + reduces_g),
+        )
+
+
+def krylov_shard_map_case(name):
+    """The same solve written per shard: each device solves its own block (no communication)."""
+    mesh = mesh_for("explicit")
+    m = N // 8
+    struct = jax.ShapeDtypeStruct((m,), jnp.float64)
+    solver = KRYLOV[name]()
+    x_ref, _, _ = block_reference()
+
+    def local(b, s):
+        op = lx.FunctionLinearOperator(
+            lambda v: (2.0 + s) * v - jnp.roll(v, 1) - jnp.roll(v, -1),
+            struct,
+            lx.positive_semidefinite_tag,
+        )
+        return lx.linear_solve(op, b, solver).value
+
+    with jax.set_mesh(mesh):
+        b = jax.device_put(B_VEC, NamedSharding(mesh, P("x")))
+        s = jnp.asarray(SHIFT)
+        f = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P("x"), P()), out_specs=P("x")))
+        x = f(b, s)
+        g = jax.jit(jax.grad(lambda b, s: jnp.sum(f(b, s) ** 2), argnums=1))(b, s)
+        _, ds_ref, _ = block_reference()
+        return dict(
+            ok=True,
+            err=float(np.abs(np.asarray(x) - x_ref).max() / np.abs(x_ref).max()),
+            err_grad_s=float(abs(float(g) - ds_ref) / abs(ds_ref)),
+            out_spec=str(x.sharding.spec),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# A failed solve with throw=True raises on every device (no device left waiting for another).
+
+
+def failure_case(where):
+    n = 64
+    a = (
+        np.diag(np.full(n, 3.0))
+        + np.diag(np.full(n - 1, -1.0), 1)
+        + np.diag(np.full(n - 1, -1.0), -1)
+    )
+    b_np = np.ones(n)
+    b_np[5] = np.nan
+    kind = "explicit" if "explicit" in where else "auto"
+    mesh = mesh_for(kind)
+    op = lx.FunctionLinearOperator(
+        lambda v: jnp.asarray(a) @ v,
+        jax.ShapeDtypeStruct((n,), jnp.float64),
+        lx.positive_semidefinite_tag,
+    )
+
+    def program():
+        b = jax.device_put(b_np, NamedSharding(mesh, P("x")))
+        f = jax.jit(
+            lambda b: jnp.sum(lx.linear_solve(op, b, lx.CG(rtol=1e-8, atol=0.0)).value ** 2)
+        )
+        return jax.block_until_ready(f(b))
+
+    try:
+        if "nomesh" in where:
+            program()
+        else:
+            with jax.set_mesh(mesh):
+                program()
+    except Exception as err:  # noqa: BLE001
+        return dict(ok=True, raised=type(err).__name__, message=str(err)[-300:])
+    return dict(ok=True, raised=None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sparse direct solves: the callback reads the values and the vector whole, gathered once.
+
+
+def sparse_case(kind):
+    mesh = mesh_for(kind)
+    side = 16
+    one = sp.diags([-np.ones(side - 1), 2 * np.ones(side), -np.ones(side - 1)], [-1, 0, 1])
+    a = (sp.kron(one, sp.identity(side)) + sp.kron(sp.identity(side), one)).tocoo()
+    op0 = lx.SparseCOOLinearOperator.from_scipy(a)
+    b_np = RNG.standard_normal(side * side)
+    x_ref = spla.spsolve(a.tocsc(), b_np)
+    w_ref = 2 * spla.spsolve(a.T.tocsc(), x_ref)
+    with jax.set_mesh(mesh):
+        b = jax.device_put(b_np, NamedSharding(mesh, P("x")))
+        values = jnp.asarray(op0.values)
+
+        def solve(values, b):
+            op = lx.SparseCOOLinearOperator(values, op0.rows, op0.cols, op0.shape)
+            return lx.linear_solve(op, b, lx.SparseLU()).value
+
+        x = jax.jit(solve)(values, b)
+        gv, gb = jax.jit(jax.grad(lambda v, b: jnp.sum(solve(v, b) ** 2), argnums=(0, 1)))(
+            values, b
+        )
+        return dict(
+            ok=True,
+            err=float(np.abs(np.asarray(x) - x_ref).max()),
+            err_grad_b=float(np.abs(np.asarray(gb) - w_ref).max()),
+            err_grad_values=float(np.abs(np.asarray(gv) + w_ref[op0.rows] * x_ref[op0.cols]).max()),
+            out_spec=str(x.sharding.spec),
+        )
+
+
+def main():
+    which = sys.argv[1:] or ["dense", "krylov", "failure", "sparse"]
+    if "dense" in which:
+        for kind in ("auto", "explicit"):
+            for name in DENSE:
+                run(f"dense-{kind}-{name}-vmap", lambda: dense_case(kind, name, "vmap"))
+            run(f"dense-{kind}-LU-shard_map", lambda: dense_case(kind, "LU", "shard_map"))
+    if "krylov" in which:
+        # Auto first, then Explicit in the same process: a cache keyed without the sharding
+        # would replay the Auto program on the Explicit mesh.
+        for kind in ("auto", "explicit"):
+            for name in KRYLOV:
+                run(f"krylov-{kind}-{name}", lambda: krylov_case(kind, name, True))
+        run("krylov-explicit-CG-nothrow", lambda: krylov_case("explicit", "CG", False))
+        for name in ("CG", "GMRES", "MINRES"):
+            run(f"krylov-shard_map-{name}", lambda: krylov_shard_map_case(name))
+    if "failure" in which:
+        for where in ("auto-nomesh", "auto", "explicit"):
+            run(f"failure-{where}", lambda: failure_case(where))
+    if "sparse" in which:
+        for kind in ("auto", "explicit"):
+            run(f"sparse-{kind}", lambda: sparse_case(kind))
+    report("done", ok=True)
+
+
+if __name__ == "__main__":
+    main()
