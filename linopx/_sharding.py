@@ -57,7 +57,8 @@ def gathered(x):
             return x
         return jax.sharding.reshard(x, P(*([None] * x.ndim)))
     mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
+    if mesh.empty or mesh.manual_axes or not mesh.auto_axes:
+        # No mesh, or inside `shard_map` (each device holds its own vector): nothing to gather.
         return x
     return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, P()))
 

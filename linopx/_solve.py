@@ -249,7 +249,8 @@ def _eager_linear_solve(leaves: list, treedef: Any, throw: bool) -> Solution:
     dynamic_set = set(dynamic)
     static = tuple(None if i in dynamic_set else x for i, x in enumerate(leaves))
     arrays = [leaves[i] for i in dynamic]
-    avals = tuple((x.shape, x.dtype, getattr(x, "weak_type", False)) for x in arrays)
+    # The arrays' whole types: shape, dtype, weak type, and on `Explicit` mesh axes the sharding.
+    avals = tuple(jax.typeof(x) for x in arrays)
     key = (treedef, dynamic, static, avals)
     try:
         hash(key)

@@ -300,6 +300,68 @@ def sparse_case(kind):
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# One system with its right-hand side sharded, and a shard_map over some of the mesh's axes.
+
+
+def single_system_case(kind, name):
+    """One dense system (the matrix replicated) with its right-hand side sharded: the solve
+    gathers the vector; eagerly (no `jit`) and under `jit(grad)`."""
+    mesh = mesh_for(kind)
+    n = 64
+    q = np.linalg.qr(RNG.standard_normal((n, n)))[0]
+    a_np = q @ np.diag(np.linspace(1.0, 10.0, n)) @ q.T
+    b_np = RNG.standard_normal(n)
+    solver = {"Auto": lx.AutoLinearSolver(well_posed=True), "CG": lx.CG(rtol=1e-12, atol=0.0)}[name]
+    op = lx.MatrixLinearOperator(jnp.asarray(a_np), lx.positive_semidefinite_tag)
+    x_ref = np.linalg.solve(a_np, b_np)
+    w_ref = np.linalg.solve(a_np.T, 2 * x_ref)
+    with jax.set_mesh(mesh):
+        b = jax.device_put(b_np, NamedSharding(mesh, P("x")))
+        x = lx.linear_solve(op, b, solver).value  # eager
+        gb = jax.jit(jax.grad(lambda b: jnp.sum(lx.linear_solve(op, b, solver).value ** 2)))(b)
+        return dict(
+            ok=True,
+            err=float(np.abs(np.asarray(x) - x_ref).max()),
+            err_grad_b=float(np.abs(np.asarray(gb) - w_ref).max()),
+            out_spec=str(x.sharding.spec),
+        )
+
+
+def partial_shard_map_case():
+    """`shard_map` over one axis of a 2-D mesh (the other left to the compiler), a batch of
+    dense solves inside; then a NaN with throw=True, which must raise."""
+    mesh = jax.make_mesh((4, 2), ("a", "b"), axis_types=(AxisType.Explicit,) * 2)
+
+    def solve(a, b):
+        return lx.linear_solve(lx.MatrixLinearOperator(a), b).value
+
+    expected = np.linalg.solve(A_GEN, B_BATCH[..., None])[..., 0]
+    with jax.set_mesh(mesh):
+        place = NamedSharding(mesh, P("a"))
+        a = jax.device_put(A_GEN, place)
+        f = jax.jit(
+            jax.shard_map(
+                jax.vmap(solve),
+                mesh=mesh,
+                in_specs=(P("a"),) * 2,
+                out_specs=P("a"),
+                axis_names={"a"},
+            )
+        )
+        x = f(a, jax.device_put(B_BATCH, place))
+        bad = B_BATCH.copy()
+        bad[3, 2] = np.nan
+        try:
+            jax.block_until_ready(f(a, jax.device_put(bad, place)))
+            raised, message = None, ""
+        except Exception as err:  # noqa: BLE001
+            raised, message = type(err).__name__, str(err)[-300:]
+    return dict(
+        ok=True, err=float(np.abs(np.asarray(x) - expected).max()), raised=raised, message=message
+    )
+
+
 def main():
     which = sys.argv[1:] or ["dense", "krylov", "failure", "sparse"]
     if "dense" in which:
@@ -307,6 +369,10 @@ def main():
             for name in DENSE:
                 run(f"dense-{kind}-{name}-vmap", lambda: dense_case(kind, name, "vmap"))
             run(f"dense-{kind}-LU-shard_map", lambda: dense_case(kind, "LU", "shard_map"))
+        run("dense-partial-shard_map", partial_shard_map_case)
+        for kind in ("auto", "explicit"):
+            for name in ("Auto", "CG"):
+                run(f"single-{kind}-{name}", lambda: single_system_case(kind, name))
     if "krylov" in which:
         # Auto first, then Explicit in the same process: a cache keyed without the sharding
         # would replay the Auto program on the Explicit mesh.

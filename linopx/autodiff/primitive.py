@@ -30,7 +30,7 @@ from .._lru import LRUCache
 from .._solution import RESULTS
 from ..linops.functions import conj as conj_operator
 from ._checks import raise_if_failed, run_eagerly
-from .._sharding import broadcast_batch, typed_like, zeros_of
+from .._sharding import broadcast_batch, placed_like, typed_like, zeros_of
 
 # ---------------------------------------------------------------------------------------------
 # Static (non-array) parameters
@@ -124,6 +124,7 @@ def _compute_unbatched(leaves, static: _Static, check: bool = False):
     happened (e.g. non-finite inputs) is worked out only where it is looked at; see `_checks.py`."""
     operator, state, vector, options, solver = static.combine(leaves)
     value, solver_result, stats = solver.compute(state, vector, options)
+    value = _placed_like_vector(value, vector)
     if type(solver)._verdict_checks_solution:
         result = solver_result
     else:
@@ -139,6 +140,16 @@ def _compute_unbatched(leaves, static: _Static, check: bool = False):
         s_op, _, s_vec, _, _ = static.slices()
         value = raise_if_failed(value, result, solver_result, leaves[s_op], leaves[s_vec])
     return value, (result, solver_result), stats
+
+
+def _placed_like_vector(value, vector):
+    """The solution sharded as the right-hand side, leaf by leaf, where shardings are types and
+    the two have the same structure and shapes (a dense solver computes on a gathered vector)."""
+    if jax.tree_util.tree_structure(value) != jax.tree_util.tree_structure(vector):
+        return value
+    return jax.tree_util.tree_map(
+        lambda x, b: placed_like(x, b) if jnp.shape(x) == jnp.shape(b) else x, value, vector
+    )
 
 
 def _flat_outputs(value, result, stats):

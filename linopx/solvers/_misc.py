@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from .. import _tree
+from .._sharding import gathered
 from .._solution import RESULTS
 from ..linops.base import AbstractLinearOperator
 
@@ -191,5 +192,7 @@ def swap(structs: tuple) -> tuple:
 
 def rhs(vector: Any, dtype: Any) -> jax.Array:
     """Flatten the right-hand side, promoting to the factorization's dtype (or complex if the vector is)."""
-    b = _tree.ravel(vector)
+    # A dense factorization solves with the whole vector: one sharded over `Explicit` mesh axes
+    # is gathered first (the primitive places the solution back as the vector was).
+    b = gathered(_tree.ravel(vector))
     return b.astype(_tree.common_dtype(b.dtype, dtype))
