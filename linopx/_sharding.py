@@ -64,9 +64,25 @@ def gathered(x):
 
 
 def placed_like(x, like):
-    """`x` (a callback's result) sharded as `like` (the input it answers) is, where shardings are
-    types; as it is elsewhere (XLA then places it)."""
+    """`x` sharded as `like` is, where shardings are types; as it is elsewhere."""
     sharding = jax.typeof(like).sharding
     if not _explicit(sharding) or jax.typeof(x).sharding == sharding:
         return x
     return jax.sharding.reshard(x, sharding.spec)
+
+
+def from_host(x, like):
+    """A host callback's result `x`, sharded as the input `like` where shardings are types.
+
+    On an `Auto` mesh set with `jax.set_mesh` it is marked replicated: the callback's result sits
+    on one device, and from there XLA moves it to a sharded consumer only by an "involuntary full
+    rematerialization", while from a replicated value each device takes its part locally."""
+    if _explicit(jax.typeof(like).sharding):
+        # Replicated first (its type says so already; the constraint tells XLA), then sliced.
+        mesh = jax.typeof(like).sharding.mesh
+        x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, P()))
+        return placed_like(x, like)
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.manual_axes or not mesh.auto_axes:
+        return x
+    return jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, P()))

@@ -34,6 +34,8 @@ def report(case, **fields):
 
 
 def run(case, fn):
+    # Marks where each case's messages from XLA start, for the test to attribute its warnings.
+    print(f"### case {case}", file=sys.stderr, flush=True)
     try:
         fields = fn()
         report(case, **fields)

@@ -15,7 +15,7 @@ import numpy as np
 from ... import _tree
 from ..._compat import silence_callback_log
 from ..._lru import LRUCache
-from ..._sharding import gathered, placed_like
+from ..._sharding import from_host, gathered
 from ..._solution import RESULTS
 from ...linops.composite import TaggedLinearOperator
 from ...linops.functions import is_positive_semidefinite, is_symmetric
@@ -236,7 +236,7 @@ class SparseLU(AbstractLinearSolver):
             vmap_method="expand_dims",
         )
         result = RESULTS.where(flag == 0, RESULTS.successful, RESULTS.singular)
-        return placed_like(x, b), result, {}
+        return from_host(x, b), result, {}
 
     def transpose(self, state: _SparseLUState, options):
         # Aᵀ is solved with the factors of A (SuperLU trans="T", PARDISO iparm[11]=2).
