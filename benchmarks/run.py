@@ -5,14 +5,17 @@
     python -m benchmarks --suites dense,sparse --out benchmarks/results
     python -m benchmarks --suites soak --out /tmp/soak   # the memory soak alone (about 10 min)
     python -m benchmarks --suites logdet --out /tmp/logdet   # the log-determinant suite alone
+    python -m benchmarks --suites sharded --out /tmp/sharded # CG on 1-8 devices (a subprocess)
 
 Writes `results.json` (raw medians in seconds, the machine, versions), `results.md` (the tables)
 and PNG plots (`<suite>-<case>.png`: time against size, log-log, linopx and each alternative;
 `ratios.png`: linopx / alternative for every case; `soak-memory.png`: resident memory against
 call count) into `--out`. A run of some suites overwrites `results.json` and `results.md` there
-with a report of those suites only. Alternatives that are not installed are skipped with a note in
-the report. A suite module may add `report_notes(rows)` (Markdown lines under its table) and
-`plot(rows, out, plt)` (its own figures).
+with a report of those suites only; with `--merge` it replaces only those suites in the report
+already there (a suite measured at another time says when under its table). Alternatives that
+are not installed are skipped with a note in the report. A suite module may add
+`report_notes(rows)` (Markdown lines under its table) and `plot(rows, out, plt)` (its own
+figures).
 
 A full run into the repository's `benchmarks/results` also writes the report into the
 documentation: `docs/benchmark-results.md` (its tables, with the plots under them), which the
@@ -40,7 +43,9 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SUITES = ("dense", "iterative", "sparse", "sparse_memory", "logdet", "soak")
+SUITES = (
+    "dense", "iterative", "sparse", "sparse_memory", "large_sparse", "logdet", "sharded", "soak",
+)  # fmt: skip
 # The repository's report, and its copy in the documentation (relative to the docs folder).
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 DOCS_PAGE = "benchmark-results.md"
@@ -203,8 +208,11 @@ def markdown(results: dict) -> str:
     missing = [k for k, v in m["versions"].items() if v is None]
     if missing:
         lines += [f"Not installed, so skipped: {', '.join(missing)}.", ""]
+    dates = results.get("suite_dates", {})
     for suite, rows in results["suites"].items():
         lines += [f"## {suite}", ""]
+        if dates.get(suite, results["date"]) != results["date"]:
+            lines += [f"Measured {dates[suite]}.", ""]
         lines += table_lines(rows) if rows else ["(no results)"]
         lines.append("")
         notes = getattr(importlib.import_module(f"benchmarks.{suite}"), "report_notes", None)
@@ -347,6 +355,12 @@ def main(argv: list[str] | None = None) -> int:
         "a full run into benchmarks/results)",
     )
     parser.add_argument("--no-docs", action="store_true", help="write no docs copy")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other suites of the report already in --out (with their dates) and "
+        "replace only the suites run now",
+    )
     args = parser.parse_args(argv)
     docs_dir = args.docs_dir or os.path.join(ROOT, "docs")
     if args.docs_only:
@@ -385,6 +399,23 @@ def main(argv: list[str] | None = None) -> int:
                 results["errors"][f"{suite}: {label}"] = traceback.format_exc()
             progress.step(f"{suite}: {label}")
     progress.close()
+    results["suite_dates"] = {suite: results["date"] for suite in suites}
+    previous = os.path.join(args.out, "results.json")
+    if args.merge and os.path.isfile(previous):
+        with open(previous) as f:
+            old = json.load(f)
+        if old.get("quick") != results["quick"]:
+            parser.error("--merge: the report in --out was made in the other mode (--quick or not)")
+        kept = {k: v for k, v in old["suites"].items() if k not in suites}
+        results["suites"] = {**kept, **results["suites"]}
+        results["suite_dates"] = {
+            **{k: old.get("suite_dates", {}).get(k, old["date"]) for k in kept},
+            **results["suite_dates"],
+        }
+        results["errors"] = {
+            **{k: v for k, v in old.get("errors", {}).items() if k.split(":")[0] in kept},
+            **results["errors"],
+        }
 
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)

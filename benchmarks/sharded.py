@@ -239,10 +239,12 @@ def plot(rows: list[dict], out: str, plt) -> list[str]:
         return []
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for d, pts in sorted(points.items()):
+        if d == 1:  # nothing to communicate (0 bytes: off a log scale)
+            continue
         pts.sort()
-        xs = [p[0] for p in pts]
-        ys = [max(p[1], 1) for p in pts]
-        ax.loglog(xs, ys, "o-", label=f"{d} device{'s' if d > 1 else ''}")
+        ax.loglog([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{d} devices")
+    ns = sorted({p[0] for pts in points.values() for p in pts})
+    ax.loglog(ns, [8 * n for n in ns], "k--", linewidth=1, label="one whole vector (8n bytes)")
     ax.set_xlabel("unknowns n")
     ax.set_ylabel("collective bytes per CG iteration")
     ax.set_title("sharded: communication per iteration")

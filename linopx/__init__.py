@@ -85,6 +85,8 @@ from .solvers import (
     SparseLU as SparseLU,
     Triangular as Triangular,
     Tridiagonal as Tridiagonal,
+    amg_preconditioner as amg_preconditioner,
+    ilu_preconditioner as ilu_preconditioner,
     jacobi_preconditioner as jacobi_preconditioner,
 )
 

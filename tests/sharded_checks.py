@@ -272,8 +272,12 @@ def failure_case(where):
 # Sparse direct solves: the callback reads the values and the vector whole, gathered once.
 
 
-def sparse_case(kind):
+def sparse_case(kind, how):
     mesh = mesh_for(kind)
+    if how == "direct":
+        solver, tags = lx.SparseLU(), ()
+    else:  # a Krylov solve on the sparse operator: its products gather the vector (Explicit)
+        solver, tags = lx.CG(rtol=1e-13, atol=0.0), (lx.positive_semidefinite_tag,)
     side = 16
     one = sp.diags([-np.ones(side - 1), 2 * np.ones(side), -np.ones(side - 1)], [-1, 0, 1])
     a = (sp.kron(one, sp.identity(side)) + sp.kron(sp.identity(side), one)).tocoo()
@@ -286,8 +290,8 @@ def sparse_case(kind):
         values = jnp.asarray(op0.values)
 
         def solve(values, b):
-            op = lx.SparseCOOLinearOperator(values, op0.rows, op0.cols, op0.shape)
-            return lx.linear_solve(op, b, lx.SparseLU()).value
+            op = lx.SparseCOOLinearOperator(values, op0.rows, op0.cols, op0.shape, tags)
+            return lx.linear_solve(op, b, solver).value
 
         x = jax.jit(solve)(values, b)
         gv, gb = jax.jit(jax.grad(lambda v, b: jnp.sum(solve(v, b) ** 2), argnums=(0, 1)))(
@@ -389,7 +393,8 @@ def main():
             run(f"failure-{where}", lambda: failure_case(where))
     if "sparse" in which:
         for kind in ("auto", "explicit"):
-            run(f"sparse-{kind}", lambda: sparse_case(kind))
+            for how in ("direct", "cg"):
+                run(f"sparse-{how}-{kind}", lambda: sparse_case(kind, how))
     report("done", ok=True)
 
 

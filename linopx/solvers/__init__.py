@@ -12,7 +12,11 @@ from .lsqr import LSQR as LSQR
 from .lu import LU as LU
 from .minres import MINRES as MINRES
 from .normal import Normal as Normal, NormalCG as NormalCG
-from .preconditioners import jacobi_preconditioner as jacobi_preconditioner
+from .preconditioners import (
+    amg_preconditioner as amg_preconditioner,
+    ilu_preconditioner as ilu_preconditioner,
+    jacobi_preconditioner as jacobi_preconditioner,
+)
 from .qr import PivotedQR as PivotedQR, QR as QR
 from .sparse import SparseCholesky as SparseCholesky, SparseLU as SparseLU
 from .svd import SVD as SVD

@@ -57,6 +57,14 @@ def check_rcond(name: str, rcond: Any) -> None:
         check_real_scalar(name, "rcond", rcond, f"{name}(rcond=1e-10)")
 
 
+def dense_matrix(operator: AbstractLinearOperator) -> jax.Array:
+    """`operator.as_matrix()`, whole on every device: a dense factorization needs all of it, and
+    JAX's factorizations refuse a matrix sharded over `Explicit` mesh axes (e.g. the rows of a
+    materialised Jacobian of a sharded function). Batches are `vmap`ped outside, so this never
+    gathers a batch axis."""
+    return gathered(operator.as_matrix())
+
+
 def flat(vector: Any, dtype: Any = None) -> jax.Array:
     """The vector's leaves concatenated into one 1-D array."""
     return _tree.ravel(vector, dtype)

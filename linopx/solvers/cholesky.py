@@ -10,6 +10,7 @@ from jax.lax.linalg import cholesky, triangular_solve
 from ..linops.functions import is_negative_semidefinite, is_positive_semidefinite
 from ._logdet import slogdet_from_diagonal
 from ._misc import (
+    dense_matrix,
     check_square,
     matrix_diagonal,
     pivot_result,
@@ -53,7 +54,7 @@ class Cholesky(AbstractLinearSolver):
                 "Cholesky needs an operator tagged `lx.positive_semidefinite_tag` or "
                 "`lx.negative_semidefinite_tag`; use `lx.LU()` for a general square matrix."
             )
-        matrix = operator.as_matrix()
+        matrix = dense_matrix(operator)
         factor = cholesky(-matrix if negative else matrix, symmetrize_input=False)
         return _CholeskyState(factor, negative, structures(operator))
 

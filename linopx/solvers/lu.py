@@ -10,6 +10,7 @@ from jax.lax.linalg import triangular_solve
 
 from ._logdet import pivot_sign, slogdet_from_diagonal
 from ._misc import (
+    dense_matrix,
     check_square,
     matrix_diagonal,
     pivot_result,
@@ -65,7 +66,7 @@ class LU(AbstractLinearSolver):
 
     def init(self, operator, options):
         check_square(operator, "LU")
-        lu, pivots, perm = lax_lu(operator.as_matrix())
+        lu, pivots, perm = lax_lu(dense_matrix(operator))
         return _LUState(lu, perm, pivots, False, structures(operator))
 
     def compute(self, state: _LUState, vector, options):

@@ -13,6 +13,7 @@ from jax.lax.linalg import ormqr, triangular_solve
 from .._compat import geqp3, geqrf
 from ._logdet import slogdet_from_diagonal
 from ._misc import (
+    dense_matrix,
     check_rcond,
     finite_factor_result,
     matrix_diagonal,
@@ -65,7 +66,7 @@ class QR(AbstractLinearSolver):
     _verdict_checks_solution = True
 
     def init(self, operator, options):
-        matrix = operator.as_matrix()
+        matrix = dense_matrix(operator)
         m, n = matrix.shape
         if m >= n:
             h, taus = geqrf(matrix)
@@ -163,7 +164,7 @@ class PivotedQR(AbstractLinearSolver):
         check_rcond("PivotedQR", self.rcond)
 
     def init(self, operator, options):
-        matrix = operator.as_matrix()
+        matrix = dense_matrix(operator)
         m, n = matrix.shape
         k = min(m, n)
         h1, perm, taus1 = geqp3(matrix)

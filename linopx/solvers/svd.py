@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from .._solution import RESULTS
 from ._misc import (
+    dense_matrix,
     check_rcond,
     finite_factor_result,
     rhs,
@@ -46,7 +47,7 @@ class SVD(AbstractLinearSolver):
         check_rcond("SVD", self.rcond)
 
     def init(self, operator, options):
-        matrix = operator.as_matrix()
+        matrix = dense_matrix(operator)
         # LAPACK's SVD (gesdd) can loop forever on a matrix with an infinite entry off the diagonal
         # (`np.linalg.svd` hangs too): factorize zeros instead, and report `nonfinite_input`.
         finite = jnp.all(jnp.isfinite(matrix))

@@ -10,6 +10,7 @@ from jax.lax.linalg import triangular_solve
 from ..linops.functions import has_unit_diagonal, is_lower_triangular, is_upper_triangular
 from ._logdet import slogdet_from_diagonal
 from ._misc import (
+    dense_matrix,
     check_square,
     finite_factor_result,
     matrix_diagonal,
@@ -49,7 +50,7 @@ class Triangular(AbstractLinearSolver):
                 "`lx.upper_triangular_tag`."
             )
         return _TriangularState(
-            operator.as_matrix(), lower, has_unit_diagonal(operator), False, structures(operator)
+            dense_matrix(operator), lower, has_unit_diagonal(operator), False, structures(operator)
         )
 
     def compute(self, state: _TriangularState, vector, options):
