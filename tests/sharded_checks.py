@@ -198,6 +198,37 @@ def krylov_case(kind, name, throw):
         )
 
 
+def krylov_vmap_case(kind, name):
+    """`vmap` of a Krylov solve over two right-hand sides, each sharded along its length."""
+    mesh = mesh_for(kind)
+    struct = jax.ShapeDtypeStruct((N,), jnp.float64)
+    solver = KRYLOV[name]()
+    x_ref, _, _ = block_reference()
+    op = lx.FunctionLinearOperator(
+        lambda v: block_mv(v, SHIFT), struct, lx.positive_semidefinite_tag
+    )
+    bs = np.stack([B_VEC, 2 * B_VEC])
+
+    def solve(b):
+        return lx.linear_solve(op, b, solver).value
+
+    with jax.set_mesh(mesh):
+        b = jax.device_put(bs, NamedSharding(mesh, P(None, "x")))
+        f = jax.jit(jax.vmap(solve))
+        x = f(b)
+        g = jax.jit(jax.grad(lambda b: jnp.sum(jax.vmap(solve)(b) ** 2)))
+        gb = g(b)
+        gathers, reduces = collectives(g.lower(b).compile().as_text())
+        expected = np.stack([x_ref, 2 * x_ref])
+        return dict(
+            ok=True,
+            err=float(np.abs(np.asarray(x) - expected).max() / np.abs(expected).max()),
+            out_spec=str(x.sharding.spec),
+            grad_spec=str(gb.sharding.spec),
+            gathers=len(gathers),
+        )
+
+
 def krylov_shard_map_case(name):
     """The same solve written per shard: each device solves its own block (no communication)."""
     mesh = mesh_for("explicit")
@@ -386,6 +417,9 @@ def main():
             for name in KRYLOV:
                 run(f"krylov-{kind}-{name}", lambda: krylov_case(kind, name, True))
         run("krylov-explicit-CG-nothrow", lambda: krylov_case("explicit", "CG", False))
+        for kind in ("auto", "explicit"):
+            for name in ("CG", "GMRES"):
+                run(f"krylov-vmap-{kind}-{name}", lambda: krylov_vmap_case(kind, name))
         for name in ("CG", "GMRES", "MINRES"):
             run(f"krylov-shard_map-{name}", lambda: krylov_shard_map_case(name))
     if "failure" in which:

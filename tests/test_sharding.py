@@ -107,6 +107,15 @@ def test_krylov_sharded_vector(sharded, kind, name):
     assert r["largest_reduce"] <= (41 if name == "GMRES" else 2)
 
 
+@pytest.mark.parametrize("kind", ["auto", "explicit"])
+@pytest.mark.parametrize("name", ["CG", "GMRES"])
+def test_krylov_vmap_over_sharded_vectors(sharded, kind, name):
+    r = case(sharded, f"krylov-vmap-{kind}-{name}")
+    assert r["err"] < 1e-9
+    assert r["out_spec"] in ("P(None, 'x')",) and r["grad_spec"] == "P(None, 'x')"
+    assert r["gathers"] == 0
+
+
 def test_krylov_throw_false(sharded):
     r = case(sharded, "krylov-explicit-CG-nothrow")
     assert r["err"] < 1e-9 and r["gathers"] == 0 and r["largest_reduce"] <= 2
