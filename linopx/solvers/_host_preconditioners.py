@@ -422,9 +422,11 @@ def _setup_traced(spec, pattern, values: np.ndarray) -> int:
 
 
 def clear_cache() -> None:
-    """Forget every registered setup (they are rebuilt when next needed)."""
+    """Forget every registered setup (they are rebuilt when next needed) and the patterns rebuilt
+    on the host for traced operators."""
     _REGISTRY.clear()
     _BY_DIGEST.clear()
+    _PATTERNS.clear()
 
 
 def cache_info() -> dict:
