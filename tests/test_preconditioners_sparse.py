@@ -193,15 +193,19 @@ def _fd(f, values, i, eps=1e-6):
     return (f(values + e) - f(values - e)) / (2 * eps)
 
 
-@pytest.mark.parametrize("kind", ["amg", "ilu"])
-def test_gradient_equals_unpreconditioned_and_one_setup(kind):
+def _gradient_problem(kind):
+    """`(A, make, solver)`: an SPD operator with AMG and CG, or a nonsymmetric one with ILU and
+    GMRES."""
     if kind == "amg":
         pytest.importorskip("pyamg")
-        A = _spd(16)
-        make, solver = lx.amg_preconditioner, lx.CG(rtol=1e-12, atol=0.0)
-    else:
-        A = lx.SparseCOOLinearOperator.from_scipy(_convection_diffusion(12))
-        make, solver = lx.ilu_preconditioner, lx.GMRES(rtol=1e-12, atol=0.0)
+        return _spd(16), lx.amg_preconditioner, lx.CG(rtol=1e-12, atol=0.0)
+    A = lx.SparseCOOLinearOperator.from_scipy(_convection_diffusion(12))
+    return A, lx.ilu_preconditioner, lx.GMRES(rtol=1e-12, atol=0.0)
+
+
+@pytest.mark.parametrize("kind", ["amg", "ilu"])
+def test_gradient_equals_unpreconditioned_and_one_setup(kind):
+    A, make, solver = _gradient_problem(kind)
     b = _rhs(A.shape[0])
     before = H.SETUPS[kind]
     M = make(A)
@@ -222,13 +226,7 @@ def test_gradient_equals_unpreconditioned_and_one_setup(kind):
 
 @pytest.mark.parametrize("kind", ["amg", "ilu"])
 def test_traced_setup_once_under_jit_grad(kind):
-    if kind == "amg":
-        pytest.importorskip("pyamg")
-        A = _spd(16)
-        make, solver = lx.amg_preconditioner, lx.CG(rtol=1e-12, atol=0.0)
-    else:
-        A = lx.SparseCOOLinearOperator.from_scipy(_convection_diffusion(12))
-        make, solver = lx.ilu_preconditioner, lx.GMRES(rtol=1e-12, atol=0.0)
+    A, make, solver = _gradient_problem(kind)
     b = _rhs(A.shape[0])
     H.clear_cache()
     before = H.SETUPS[kind]
