@@ -24,9 +24,9 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from .. import _tree
 from jax.sharding import PartitionSpec as P
 
+from .. import _tree
 from .._compat import enum_index, enum_message, per_device_mesh, silence_callback_log
 from .._lru import LRUCache
 from .._solution import RESULTS, LinearSolveError
@@ -123,7 +123,7 @@ def _diagnosis(code, solver_code, flags, n_operator: int):
     classified = jnp.where(
         nonfinite, _NONFINITE, jnp.where(code == _NONFINITE, _SINGULAR, code)
     ).astype(jnp.int32)
-    first = jnp.min(jnp.where(failed, members, code.size))
+    first = jnp.min(jnp.where(failed, members, code.size), initial=code.size)
     return jnp.sum(jnp.where(members == first, classified, 0))
 
 
@@ -135,9 +135,10 @@ def _guard_impl(
     array (of size 1 where unbatched at that level).
 
     `per_device_mesh` (set by the lowering when the program spans several devices: a mesh and
-    the axes to map over, all if None): run the host call on every device rather than on one. A callback that raises on one device while the others
-    wait for its result in a collective leaves them waiting, and XLA then aborts the whole process;
-    when every device raises the same error at the same point, the program fails cleanly."""
+    the axes to map over, all if None): run the host call on every device rather than on one. A
+    callback that raises on one device while the others wait for its result in a collective leaves
+    them waiting, and XLA then aborts the whole process; when every device raises the same error at
+    the same point, the program fails cleanly."""
     values = list(operands[:n_values])
     code, solver_code = operands[n_values], operands[n_values + 1]
     arrays = list(operands[n_values + 2 :])

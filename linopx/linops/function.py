@@ -123,13 +123,16 @@ class _ClosureConverted(eqx.Module):
 
     def __call__(self, vector):
         leaves, tree = jax.tree_util.tree_flatten(vector)
-        types = tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in leaves)
-        if tree != self.in_tree or types != self.in_types:
+        given = tuple((tuple(jnp.shape(x)), jnp.result_type(x)) for x in leaves)
+        if tree != self.in_tree or given != self.in_types:
+            expected = jax.tree_util.tree_unflatten(
+                self.in_tree, [jax.ShapeDtypeStruct(*t) for t in self.in_types]
+            )
             raise ValueError(
                 "FunctionLinearOperator: the operator was built for inputs of structure "
-                f"{_tree.describe(jax.tree_util.tree_unflatten(self.in_tree, [jax.ShapeDtypeStruct(*t) for t in self.in_types]))}, "
-                f"and was given {_tree.describe(_tree.structure_of(vector))}. Pass a vector of the "
-                "operator's input structure (`op.in_structure()`)."
+                f"{_tree.describe(expected)}, and was given "
+                f"{_tree.describe(_tree.structure_of(vector))}. Pass a vector of the operator's "
+                "input structure (`op.in_structure()`)."
             )
         if self.plain is not None:
             return self.plain(vector)
