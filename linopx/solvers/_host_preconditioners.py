@@ -46,10 +46,11 @@ from ..linops.functions import (
     register_tagged,
     tridiagonal,
 )
-from ..linops.sparse import SparsityPattern, check_index_range
+from ..linops.sparse import SparsityPattern
 from ..linops.tags import transpose_tags
 from .sparse import _layout, _superlu
 from .sparse._cache import digest
+from .sparse._solver import _pattern_of as pattern_of
 
 try:  # experimental in JAX 0.10; used on CPU only, where it saves copying the operands
     from jax.experimental.buffer_callback import buffer_callback
@@ -387,7 +388,11 @@ def _lookup(spec, pattern, token: int, values: np.ndarray, index: tuple | None =
     made = []
 
     def the_pattern():
-        return pattern if pattern is not None else _pattern_of(index[0], index[1], spec.shape)
+        if pattern is not None:
+            return pattern
+        # Copies: the application callback's operands are views of JAX buffers, valid only
+        # during the call, and a rebuilt pattern is kept.
+        return pattern_of(np.array(index[0]), np.array(index[1]), spec.shape)
 
     def make():
         made.append(True)
@@ -422,11 +427,10 @@ def _setup_traced(spec, pattern, values: np.ndarray) -> int:
 
 
 def clear_cache() -> None:
-    """Forget every registered setup (they are rebuilt when next needed) and the patterns rebuilt
-    on the host for traced operators."""
+    """Forget every registered setup (they are rebuilt when next needed). The patterns of traced
+    operators rebuilt on the host are the sparse solver's (`lx.clear_caches()` clears them)."""
     _REGISTRY.clear()
     _BY_DIGEST.clear()
-    _PATTERNS.clear()
 
 
 def cache_info() -> dict:
@@ -435,23 +439,6 @@ def cache_info() -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # Host callbacks
-
-
-_PATTERNS = LRUCache(32)
-
-
-def _pattern_of(rows: np.ndarray, cols: np.ndarray, shape: tuple) -> SparsityPattern:
-    key = (shape, digest(rows) + digest(cols))
-
-    def make():
-        check_index_range(rows, cols, shape)
-        # Copies: the callback's operands may be views of JAX buffers, valid only during the call.
-        return SparsityPattern(np.array(rows, copy=True), np.array(cols, copy=True), shape)
-
-    pattern = _PATTERNS.get(key, make)
-    if np.array_equal(pattern.rows, rows) and np.array_equal(pattern.cols, cols):
-        return pattern
-    return make()
 
 
 def _members(arrays: list[np.ndarray]):
@@ -471,7 +458,7 @@ def host_setup(spec, pattern, shape, values, *index):
     batch, total, flat = _members(arrays)
     tokens = np.empty(total, np.int32)
     for i in range(total):
-        p = pattern if pattern is not None else _pattern_of(flat[1][i], flat[2][i], shape)
+        p = pattern if pattern is not None else pattern_of(flat[1][i], flat[2][i], shape)
         tokens[i] = _setup_traced(spec, p, flat[0][i])
     return tokens.reshape(batch)
 
