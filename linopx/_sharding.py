@@ -17,6 +17,12 @@ def _explicit(sharding) -> bool:
     return not sharding.mesh.empty and bool(sharding.mesh.explicit_axes)
 
 
+def sharded_explicitly(x) -> bool:
+    """Whether `x` is split over some `Explicit` mesh axis (its sharding part of its type)."""
+    sharding = jax.typeof(x).sharding
+    return _explicit(sharding) and any(s is not None for s in sharding.spec)
+
+
 def zeros_of(aval):
     """Zeros of `aval`'s type, sharding included."""
     return typed_like(jnp.zeros(aval.shape, aval.dtype), aval)
@@ -51,11 +57,8 @@ def gathered(x):
     "involuntary full rematerialization". Gathering it first, where the mesh is known (its axes
     `Explicit`, or a mesh set with `jax.set_mesh`), is one all-gather. Elsewhere (an `Auto`
     sharding and no mesh set) `x` is returned as it is and XLA moves it."""
-    sharding = jax.typeof(x).sharding
-    if _explicit(sharding):
-        if all(s is None for s in sharding.spec):
-            return x
-        return jax.sharding.reshard(x, P(*([None] * x.ndim)))
+    if _explicit(jax.typeof(x).sharding):
+        return jax.sharding.reshard(x, P(*([None] * x.ndim))) if sharded_explicitly(x) else x
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.manual_axes or not mesh.auto_axes:
         # No mesh, or inside `shard_map` (each device holds its own vector): nothing to gather.

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._sharding import sharded_explicitly
+
 
 def structure_of(tree: Any) -> Any:
     """The `jax.ShapeDtypeStruct` pytree describing `tree`."""
@@ -129,12 +131,9 @@ def replicated_result(*operands, ndim: int = 0):
     operand is sharded over `Explicit` mesh axes (JAX then asks which sharding the result should
     have); `None` (JAX's default) otherwise, and on one device."""
     for x in operands:
-        sharding = jax.typeof(x).sharding
-        if not sharding.mesh.empty and sharding.mesh.explicit_axes and any(
-            s is not None for s in sharding.spec
-        ):
+        if sharded_explicitly(x):
             return jax.sharding.NamedSharding(
-                sharding.mesh, jax.sharding.PartitionSpec(*([None] * ndim))
+                jax.typeof(x).sharding.mesh, jax.sharding.PartitionSpec(*([None] * ndim))
             )
     return None
 

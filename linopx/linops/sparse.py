@@ -27,7 +27,7 @@ import numpy as np
 from jaxtyping import Array, Inexact
 
 from .. import _tree
-from .._sharding import gathered, placed_like
+from .._sharding import gathered, placed_like, sharded_explicitly
 from .base import AbstractLinearOperator, check_tags
 from .functions import (
     conj,
@@ -351,15 +351,6 @@ def diagonal_rmv(layout: DiagonalLayout, values: jax.Array, x: jax.Array) -> jax
     return y
 
 
-def _sharded_explicitly(x) -> bool:
-    sharding = jax.typeof(x).sharding
-    return (
-        not sharding.mesh.empty
-        and bool(sharding.mesh.explicit_axes)
-        and any(s is not None for s in sharding.spec)
-    )
-
-
 class TracedIndices:
     """`rows` and `cols` as traced integer arrays (see the module docstring)."""
 
@@ -652,7 +643,7 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
 
     def mv(self, vector):
         x = self._check_vector(vector)
-        if _sharded_explicitly(x):
+        if sharded_explicitly(x):
             # On `Explicit` mesh axes JAX has no sharding rule for the gathers and shifted slices
             # of a sparse product: the vector is gathered, the product computed whole on every
             # device, and the result placed as the vector was (square) or left replicated.
