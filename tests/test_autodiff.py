@@ -446,20 +446,12 @@ class JacobiSolver(lx.AbstractLinearSolver):
         return False
 
 
-class PinvSolver(lx.AbstractLinearSolver):
-    """Any rank, through `jnp.linalg.pinv` of the materialised matrix."""
+class PinvSolver(InverseSolver):
+    """Any rank, through `jnp.linalg.pinv` of the materialised matrix (applied, transposed and
+    conjugated as `InverseSolver`'s explicit inverse)."""
 
     def init(self, operator, options):
         return jnp.linalg.pinv(operator.as_matrix())
-
-    def compute(self, state, vector, options):
-        return state @ vector, lx.RESULTS.successful, {}
-
-    def transpose(self, state, options):
-        return state.T, options
-
-    def conj(self, state, options):
-        return jnp.conj(state), options
 
     def allow_dependent_rows(self, operator):
         return True
