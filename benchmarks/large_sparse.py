@@ -26,9 +26,10 @@ On the convection-diffusion problem: "GMRES+ILU" (`lx.GMRES(restart=30)` with
 `lx.ilu_preconditioner(A, drop_tol=1e-4, fill_factor=10)`, setup included), "SparseLU superlu",
 and the references "scipy gmres+spilu" (the same ILU through SciPy's `gmres`) and "scipy spsolve".
 
-Plus the sparse matrix-vector product: SciPy's CSR `A @ x` against linopx's jitted `A.mv(x)` (the
-diagonal fast path that a stencil matrix takes), the transpose's `mv`, and the general path
-(gather and segment sum) that other patterns take.
+Plus the sparse matrix-vector product: SciPy's CSR `A @ x` (and its transposed product `A.T @ x`,
+a CSC product) against linopx's jitted `A.mv(x)` and `A.T.mv(x)`, as they run by default (the
+native CPU kernel, `linopx/_native/`) and on the pure-XLA path that is the fallback (the diagonal
+form that a stencil matrix takes there).
 
 How it measures:
 
@@ -47,7 +48,7 @@ How it measures:
   report ("skipped: over cap"): SuperLU (linopx's and `spsolve`) on 3-D grids of 64³ and more,
   UMFPACK, PARDISO and CHOLMOD on 3-D grids of 96³. Any run over the time cap (`CAP_SECONDS` per
   subprocess) is stopped and reported the same way.
-- SpMV: one subprocess per problem, the three products interleaved, each the mean of 20 calls;
+- SpMV: one subprocess per problem, the six products interleaved, each the mean of 20 calls;
   the figure is the minimum over 15 rounds.
 """
 
@@ -324,7 +325,7 @@ def child_solve(kind: str, k: int, method: str) -> dict:
 
 
 def child_spmv(kind: str, k: int) -> dict:
-    """SciPy's CSR product against linopx's `mv`, transposed `mv` and general path."""
+    """SciPy's CSR products against linopx's `mv` and transposed `mv`, native kernel and XLA."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
@@ -332,15 +333,11 @@ def child_spmv(kind: str, k: int) -> dict:
     import numpy as np
 
     import linopx as lx
-    from linopx.linops.sparse import SparsityPattern
 
     a = poisson(kind, k)
     op = lx.SparseCOOLinearOperator.from_scipy(a)
-    # The same pattern as a second object whose diagonal layout is marked absent: the general
-    # path (gather and segment sum) that patterns without few diagonals take.
-    general = SparsityPattern(op.rows, op.cols, op.shape)
-    general.memo("dia_layout", lambda: None)
     csr = a.tocsr()
+    csr_t = csr.T  # a CSC view: SciPy's own transposed product
     x_np = np.random.default_rng(0).normal(size=a.shape[1])
     x = jnp.asarray(x_np)
 
@@ -350,16 +347,26 @@ def child_spmv(kind: str, k: int) -> dict:
     def rmv(values, x):
         return lx.SparseCOOLinearOperator(values, op.pattern).transpose().mv(x)
 
-    def mv_general(values, x):
-        return lx.SparseCOOLinearOperator(values, general).mv(x)
+    def xla_mv(values, x):  # the pure-XLA path (as with LINOPX_NATIVE=0): diagonal form here
+        return lx.SparseCOOLinearOperator(values, op.pattern)._xla_mv(values, x)
 
-    fns = {"scipy CSR": lambda: csr @ x_np}
-    ref = {"linopx mv": csr @ x_np, "linopx T.mv": csr.T @ x_np, "general path": csr @ x_np}
+    def xla_rmv(values, x):
+        t = lx.SparseCOOLinearOperator(values, op.pattern).transpose()
+        return t._xla_mv(values, x)
+
+    fns = {"scipy CSR": lambda: csr @ x_np, "scipy CSR.T": lambda: csr_t @ x_np}
+    fwd, bwd = csr @ x_np, csr_t @ x_np
+    cases = (
+        ("linopx mv", mv, fwd),
+        ("linopx T.mv", rmv, bwd),
+        ("XLA mv", xla_mv, fwd),
+        ("XLA T.mv", xla_rmv, bwd),
+    )
     error = 0.0
-    for name, f in (("linopx mv", mv), ("linopx T.mv", rmv), ("general path", mv_general)):
+    for name, f, ref in cases:
         jf = jax.jit(f)
         y = np.asarray(jf(op.values, x))
-        error = max(error, float(np.max(np.abs(y - ref[name])) / np.max(np.abs(ref[name]))))
+        error = max(error, float(np.max(np.abs(y - ref)) / np.max(np.abs(ref))))
         fns[name] = lambda jf=jf: jf(op.values, x)
     for f in fns.values():
         _block(f())
@@ -372,7 +379,15 @@ def child_spmv(kind: str, k: int) -> dict:
                 y = fns[name]()
             _block(y)
             best[name] = min(best[name], (time.perf_counter() - t0) / 20)
-    return {"kind": kind, "k": k, "n": a.shape[0], "nnz": int(a.nnz), "times": best, "error": error}
+    return {
+        "kind": kind,
+        "k": k,
+        "n": a.shape[0],
+        "nnz": int(a.nnz),
+        "times": best,
+        "error": error,
+        "native": lx.native_info()["available"],
+    }
 
 
 def _run_child(args: list[str]) -> dict:
@@ -430,10 +445,14 @@ def spmv_rows(kind: str, k: int) -> list[dict]:
         return [row(f"SpMV {KIND_NAMES[kind]}", size_label(kind, k), {}, note=r.get("note"))]
     t = r["times"]
     notes = {
-        "T.mv / scipy": f"{t['linopx T.mv'] / t['scipy CSR']:.2f}",
-        "general path / scipy": f"{t['general path'] / t['scipy CSR']:.2f}",
+        "T.mv / scipy CSR": f"{t['linopx T.mv'] / t['scipy CSR']:.2f}",
+        "T.mv / scipy CSR.T": f"{t['linopx T.mv'] / t['scipy CSR.T']:.2f}",
+        "XLA mv / scipy CSR": f"{t['XLA mv'] / t['scipy CSR']:.2f}",
+        "XLA T.mv / scipy CSR": f"{t['XLA T.mv'] / t['scipy CSR']:.2f}",
         "max rel. error": f"{r['error']:.0e}",
     }
+    if not r.get("native"):
+        notes["note"] = "native kernel unavailable: linopx mv ran in XLA"
     return [row(f"SpMV {KIND_NAMES[kind]}", size_label(kind, k), t, base="linopx mv", **notes)]
 
 

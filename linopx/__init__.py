@@ -10,6 +10,7 @@ import importlib.metadata
 
 from . import internal as internal
 from ._caches import cache_info as cache_info, clear_caches as clear_caches
+from ._native import native_info as native_info
 from ._solution import (
     RESULTS as RESULTS,
     LinearSolveError as LinearSolveError,

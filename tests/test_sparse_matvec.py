@@ -1,5 +1,7 @@
-"""The products of `SparseCOOLinearOperator`: the diagonal (DIA) fast path chosen at trace time for
-concrete patterns with few diagonals, and the general gather + segment-sum path otherwise.
+"""The products of `SparseCOOLinearOperator`: the native CPU kernel (`linopx/_native`), and on the
+pure-XLA path (its fallback) the diagonal (DIA) fast path chosen at trace time for concrete
+patterns with few diagonals, and the general gather + segment-sum path otherwise. Every test runs
+on both paths (the `product_path` fixture).
 
 Every product is checked against SciPy's CSR product in float64 (the reference), for `mv`, for the
 transpose's `mv`, for complex values with `conj`, under `vmap` (over values and over vectors) and
@@ -15,7 +17,20 @@ import pytest
 import scipy.sparse as sp
 
 import linopx as lx
+import linopx.linops.sparse as sparse_module
 from linopx.linops.sparse import SparsityPattern, diagonal_layout
+
+
+@pytest.fixture(autouse=True, params=["native", "xla"])
+def product_path(request, monkeypatch):
+    """Run each test with the native kernel, then with it switched off (the XLA path)."""
+    if request.param == "native":
+        info = lx.native_info()
+        if not info["available"]:
+            pytest.skip(f"native kernels unavailable: {info['reason']}")
+    else:
+        monkeypatch.setattr(sparse_module, "_native_product_applies", lambda x: False)
+    return request.param
 
 
 def poisson(shape) -> sp.coo_matrix:

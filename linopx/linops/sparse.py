@@ -27,6 +27,8 @@ import numpy as np
 from jaxtyping import Array, Inexact
 
 from .. import _tree
+from .._native import available as native_available
+from .._native.spmv import spmv as native_spmv, supports as native_supports
 from .._sharding import gathered, placed_like, sharded_explicitly
 from .base import AbstractLinearOperator, check_tags
 from .functions import (
@@ -351,6 +353,21 @@ def diagonal_rmv(layout: DiagonalLayout, values: jax.Array, x: jax.Array) -> jax
     return y
 
 
+def _native_product_applies(x: jax.Array) -> bool:
+    """Whether the sparse product of a concrete pattern runs in the native CPU kernel.
+
+    On a process with one CPU device, for float32/64 and complex64/128, and when the kernel is
+    available (`lx.native_info()`; built on first use). With several devices the product stays
+    in XLA, whose partitioner can split it (a foreign kernel would be run whole on every device).
+    """
+    return (
+        native_supports(x.dtype)
+        and jax.default_backend() == "cpu"
+        and jax.device_count() == 1
+        and native_available()
+    )
+
+
 class TracedIndices:
     """`rows` and `cols` as traced integer arrays (see the module docstring)."""
 
@@ -654,6 +671,14 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
     def _mv(self, values, x):
         dtype = _tree.common_dtype(values.dtype, x.dtype)
         values, x = values.astype(dtype), x.astype(dtype)
+        p = self.pattern
+        if p is not None and _native_product_applies(x):
+            # The compiled kernel (CSR order; see `linopx/_native/spmv.py`).
+            return native_spmv(p, values, x)
+        return self._xla_mv(values, x)
+
+    def _xla_mv(self, values, x):
+        """The product in XLA operations (any platform, sharding, traced patterns)."""
         p = self.pattern
         if p is not None:
             # A concrete pattern with its entries on a few diagonals: the diagonal fast path (see
