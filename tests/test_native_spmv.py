@@ -328,3 +328,34 @@ def test_several_devices_keep_the_xla_path():
     )
     (available, used, right), _ = result_of(proc)
     assert (available, used, right) == ("True", "False", "True")
+
+
+def test_solver_loops_keep_the_diagonal_form_for_stencils(rng):
+    # Inside linopx's solver loops a stencil pattern takes XLA's diagonal form (its layout is
+    # hoisted out of the loop and the shifted products fuse with the vector updates); a pattern
+    # without a diagonal layout keeps the kernel there too. Outside loops both use the kernel.
+    from linopx.linops.sparse import _IN_SOLVER_LOOP, in_solver_loop
+    from linopx.solvers import _krylov
+
+    stencil = lx.SparseCOOLinearOperator.from_scipy(
+        sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], (50, 50))
+    )
+    scattered = lx.SparseCOOLinearOperator.from_scipy(random_matrix(rng, 50, 50, np.float64))
+    x = rng.normal(size=50)
+    for op, in_loop in ((stencil, False), (scattered, True)):
+        assert uses_kernel(
+            lambda v, x: lx.SparseCOOLinearOperator(v, op.pattern).mv(x), op.values, x
+        )
+        with in_solver_loop():
+            used = uses_kernel(
+                lambda v, x: lx.SparseCOOLinearOperator(v, op.pattern).mv(x), op.values, x
+            )
+        assert used == in_loop
+    seen = []
+
+    def body(c):
+        seen.append(_IN_SOLVER_LOOP.get())
+        return c + 1
+
+    _krylov.while_loop(lambda c: c < 3, body, 0)
+    assert seen and all(seen) and not _IN_SOLVER_LOOP.get()

@@ -16,6 +16,8 @@ Two kinds of pattern (`rows`, `cols`):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
 import threading
 from typing import Any
@@ -28,7 +30,8 @@ from jaxtyping import Array, Inexact
 
 from .. import _tree
 from .._native import available as native_available
-from .._native.spmv import spmv as native_spmv, supports as native_supports
+from .._native.spmv import spmv as native_spmv
+from .._native.spmv import supports as native_supports
 from .._sharding import gathered, placed_like, sharded_explicitly
 from .base import AbstractLinearOperator, check_tags
 from .functions import (
@@ -353,6 +356,24 @@ def diagonal_rmv(layout: DiagonalLayout, values: jax.Array, x: jax.Array) -> jax
     return y
 
 
+# Set while linopx's iterative solvers trace their loop bodies (`in_solver_loop`): products there
+# are repeated with the same values, so the diagonal layout is set up once before the loop (XLA
+# hoists it) and each iteration is shifted products that XLA fuses with the solver's vector
+# updates. Measured on 3-D Poisson 64³, CG took 0.35-0.38 s so against 0.58-0.63 s with the native
+# kernel in the loop. Outside such loops the native kernel is faster (no layout at every call).
+_IN_SOLVER_LOOP = contextvars.ContextVar("linopx_in_solver_loop", default=False)
+
+
+@contextlib.contextmanager
+def in_solver_loop():
+    """Mark the sparse products traced inside as repeated in a loop with fixed values."""
+    token = _IN_SOLVER_LOOP.set(True)
+    try:
+        yield
+    finally:
+        _IN_SOLVER_LOOP.reset(token)
+
+
 def _native_product_applies(x: jax.Array) -> bool:
     """Whether the sparse product of a concrete pattern runs in the native CPU kernel.
 
@@ -672,10 +693,18 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
         dtype = _tree.common_dtype(values.dtype, x.dtype)
         values, x = values.astype(dtype), x.astype(dtype)
         p = self.pattern
-        if p is not None and _native_product_applies(x):
+        if p is not None and _native_product_applies(x) and not self._diagonal_in_loop():
             # The compiled kernel (CSR order; see `linopx/_native/spmv.py`).
             return native_spmv(p, values, x)
         return self._xla_mv(values, x)
+
+    def _diagonal_in_loop(self) -> bool:
+        """Inside a solver's loop, a pattern with a diagonal layout keeps the XLA diagonal form."""
+        if not _IN_SOLVER_LOOP.get():
+            return False
+        p = self.pattern
+        sorted_pattern = p if (p.rows_sorted or not p.cols_sorted) else p.transpose()
+        return diagonal_layout(sorted_pattern) is not None
 
     def _xla_mv(self, values, x):
         """The product in XLA operations (any platform, sharding, traced patterns)."""

@@ -33,6 +33,7 @@ from .._compat import varying_axes
 from .._solution import RESULTS
 from ..linops.base import AbstractLinearOperator
 from ..linops.functions import conj as conj_operator
+from ..linops.sparse import in_solver_loop
 from ._misc import check_real_scalar, widen_structure
 
 # ---------------------------------------------------------------------------------------------
@@ -45,12 +46,24 @@ def while_loop(cond, body, init):
     (inside `shard_map`) that the body makes it vary over: a carry that starts as a constant (a
     zero, an identity matrix) and is updated from a per-shard vector would otherwise change type
     between iterations, which `check_vma` rejects. Outside `shard_map` it is `lax.while_loop`."""
+    body = _in_solver_loop(body)
     if not jax.sharding.get_abstract_mesh().manual_axes:
         return lax.while_loop(cond, body, init)
     for _ in range(2):  # a second pass for carries that vary only through other carries
         out = jax.eval_shape(body, init)
         init = jax.tree_util.tree_map(_vary_as, init, out)
     return lax.while_loop(cond, body, init)
+
+
+def _in_solver_loop(body):
+    """`body`, traced with sparse products marked as repeated with fixed values (see
+    `linopx.linops.sparse.in_solver_loop`)."""
+
+    def wrapped(carry):
+        with in_solver_loop():
+            return body(carry)
+
+    return wrapped
 
 
 def _vary_as(x, like):
