@@ -5,23 +5,22 @@
 // One handler, `linopx_spmv`, computes y = A x for a matrix with `nnz` stored entries, in one of
 // three forms chosen by the attribute `form`:
 //
-//   0  row-compressed, gather:    `a` = row pointers (m + 1), `b` = column indices (nnz);
-//                                  y[i] = sum_{k in a[i] .. a[i+1]} data[k] x[b[k]].
+//   0  row-compressed, gather:     `a` = row pointers (m + 1), `b` = column indices (nnz);
+//                                   y[i] = sum_{k in a[i] .. a[i+1]} data[k] x[b[k]].
 //   1  column-compressed, scatter: `a` = column pointers (n + 1), `b` = row indices (nnz);
-//                                  y[b[k]] += data[k] x[j] for k in a[j] .. a[j+1].
-//                                  (The transpose of a row-compressed matrix, same arrays.)
-//   2  coordinate, scatter:        `a` = row indices (nnz), `b` = column indices (nnz);
-//                                  y[a[k]] += data[k] x[b[k]].
+//                                   y[b[k]] += data[k] x[j] for k in a[j] .. a[j+1].
+//                                   (The transpose of a row-compressed matrix, same arrays.)
+//   2  row-compressed, permuted:   as form 0, with the values read through the permutation `c`
+//                                   (nnz): y[i] = sum_k data[c[k]] x[b[k]] (entries in no order).
 //
-// Batches: `data` has shape (Bd..., nnz) and `x` (Bx..., n); `y` has shape (B..., m) with B the
-// batch of the output. Each of `data` and `x` is either unbatched (read by every member) or has
-// the output's whole batch. Entries are summed in storage order within a row (form 0) or in
-// storage order (forms 1, 2), one thread, so a result does not depend on the machine's cores.
+// `c` is empty for forms 0 and 1. Batches: `data` has shape (Bd..., nnz) and `x` (Bx..., n); `y`
+// has shape (B..., m) with B the batch of the output. Each of `data` and `x` is either unbatched
+// (read by every member) or has the output's whole batch. Entries are summed in storage order,
+// on one thread, so a result does not depend on the machine's cores.
 
 #include <complex>
 #include <cstdint>
 #include <cstring>
-#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -29,9 +28,9 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-// Complex products written out: std::complex's operator* checks for infinities and NaNs (C99
-// Annex G) through a library call, several times slower in this loop. The written-out form is
-// the textbook one, as in NumPy's and SciPy's kernels.
+// Complex products written out: without -ffast-math, std::complex's operator* handles infinities
+// and NaNs as C99 Annex G asks, through a library call (GCC's __muldc3) when the plain formula
+// gives NaN. The written-out product is the plain formula.
 template <typename T>
 inline T mul(T a, T b) {
   return a * b;
@@ -45,37 +44,31 @@ inline std::complex<R> mul(std::complex<R> a, std::complex<R> b) {
 template <typename T, typename I>
 void product(int64_t form, const I* __restrict__ a, const I* __restrict__ b,
              const I* __restrict__ c, const T* __restrict__ data, const T* __restrict__ x,
-             T* __restrict__ y, int64_t m,
-             int64_t n, int64_t nnz) {
+             T* __restrict__ y, int64_t m, int64_t n) {
   if (form == 0) {
     for (int64_t i = 0; i < m; ++i) {
       T acc = T(0);
       for (I k = a[i]; k < a[i + 1]; ++k) acc += mul(data[k], x[b[k]]);
       y[i] = acc;
     }
-    return;
-  }
-  if (form == 3) {
+  } else if (form == 2) {
     for (int64_t i = 0; i < m; ++i) {
       T acc = T(0);
       for (I k = a[i]; k < a[i + 1]; ++k) acc += mul(data[c[k]], x[b[k]]);
       y[i] = acc;
     }
-    return;
-  }
-  std::memset(static_cast<void*>(y), 0, sizeof(T) * m);
-  if (form == 1) {
+  } else {
+    std::memset(static_cast<void*>(y), 0, sizeof(T) * m);
     for (int64_t j = 0; j < n; ++j) {
       const T xj = x[j];
       for (I k = a[j]; k < a[j + 1]; ++k) y[b[k]] += mul(data[k], xj);
     }
-  } else {
-    for (int64_t k = 0; k < nnz; ++k) y[a[k]] += mul(data[k], x[b[k]]);
   }
 }
 
 template <typename T, typename I>
-ffi::Error run(int64_t form, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer data,
+ffi::Error run(int64_t form, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c,
+               ffi::AnyBuffer data,
                ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t m, int64_t n) {
   const int64_t nnz = static_cast<int64_t>(b.element_count());
   const int64_t y_count = static_cast<int64_t>(y->element_count());
@@ -99,13 +92,14 @@ ffi::Error run(int64_t form, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer 
   const T* px = static_cast<const T*>(x.untyped_data());
   T* py = static_cast<T*>(y->untyped_data());
   for (int64_t s = 0; s < batch; ++s) {
-    product<T, I>(form, pa, pb, pc, pd + s * d_stride, px + s * x_stride, py + s * m, m, n, nnz);
+    product<T, I>(form, pa, pb, pc, pd + s * d_stride, px + s * x_stride, py + s * m, m, n);
   }
   return ffi::Error::Success();
 }
 
 template <typename I>
-ffi::Error by_value_type(int64_t form, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer data,
+ffi::Error by_value_type(int64_t form, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c,
+                         ffi::AnyBuffer data,
                          ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y, int64_t m, int64_t n) {
   switch (data.element_type()) {
     case ffi::DataType::F32:
@@ -117,13 +111,15 @@ ffi::Error by_value_type(int64_t form, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::
     case ffi::DataType::C128:
       return run<std::complex<double>, I>(form, a, b, c, data, x, y, m, n);
     default:
-      return ffi::Error::InvalidArgument("linopx_spmv: values must be float32/64 or complex64/128");
+      return ffi::Error::InvalidArgument(
+          "linopx_spmv: values must be float32/64 or complex64/128");
   }
 }
 
-ffi::Error spmv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer data, ffi::AnyBuffer x,
+ffi::Error spmv(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer data,
+                ffi::AnyBuffer x,
                 ffi::Result<ffi::AnyBuffer> y, int64_t form, int64_t m, int64_t n) {
-  if (form < 0 || form > 3) return ffi::Error::InvalidArgument("linopx_spmv: unknown form");
+  if (form < 0 || form > 2) return ffi::Error::InvalidArgument("linopx_spmv: unknown form");
   if (data.element_type() != x.element_type() || data.element_type() != y->element_type()) {
     return ffi::Error::InvalidArgument("linopx_spmv: data, x and y must share one dtype");
   }

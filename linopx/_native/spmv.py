@@ -16,7 +16,7 @@ Which plan a pattern gets (forms of `sparse_kernels.cc`):
 - rows sorted (CSR order, what `from_scipy` and most builders give): form 0, a gather per row;
 - else columns sorted (the transpose of a row-sorted matrix, i.e. `A.T` of the above): form 1,
   a scatter per column of the same arrays, as SciPy's product with a CSC matrix;
-- else: form 3, a gather per row through a permutation of the values into row order.
+- else: form 2, a gather per row through a permutation of the values into row order.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _make_plan(pattern, rows_sorted: bool, cols_sorted: bool) -> Plan:
         form, a, b, c = 1, _pointers(cols, n, itype), rows, empty
     else:
         order = np.lexsort((cols, rows)).astype(itype)
-        form, a, b, c = 3, _pointers(rows[order], m, itype), cols[order], order
+        form, a, b, c = 2, _pointers(rows[order], m, itype), cols[order], order
     for arr in (a, b, c):
         arr.flags.writeable = False
     return Plan(form, a, b, c, rows, cols, (m, n), key=pattern.key)
