@@ -249,6 +249,18 @@ def test_nonfinite_input(name, solver, kind, tags, bad, where, rng):
         jax.block_until_ready(lx.linear_solve(lx.MatrixLinearOperator(a, tags), b, solver).value)
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan], ids=["inf", "-inf", "nan"])
+@pytest.mark.parametrize("part", ["real", "imag"])
+def test_nonfinite_complex_entry_is_named_when_thrown(bad, part, rng):
+    # The thrown error classifies the failure from "all entries finite" flags worked out in the
+    # program (`isfinite(sum(a * 0))`): a non-finite real or imaginary part alone must trip them.
+    a = make_matrix(rng, (3, 3), np.float64, "general").astype(np.complex128)
+    b = random_vector(rng, 3, np.float64).astype(np.complex128)
+    a[0, 2] = complex(bad, 1.0) if part == "real" else complex(1.0, bad)
+    with pytest.raises(Exception, match=NONFINITE_MESSAGE):
+        jax.block_until_ready(lx.linear_solve(lx.MatrixLinearOperator(a), b, lx.LU()).value)
+
+
 def test_nonfinite_input_in_pytree_vector_and_function_operator():
     struct = {"x": jax.ShapeDtypeStruct((2,), jnp.float64)}
     op = lx.FunctionLinearOperator(lambda v: {"x": 2 * v["x"]}, struct)
