@@ -134,6 +134,20 @@ def compiled_custom_calls(fn: Callable, *args: Any) -> list[tuple[str, str]]:
     return [(m.group(2), m.group(1)) for m in map(_CUSTOM_CALL.search, text.splitlines()) if m]
 
 
+def uses_native_spmv(fn: Callable, *args: Any) -> bool:
+    """Whether the compiled `jax.jit(fn)(*args)` calls linopx's native sparse product. A fresh
+    function each time: jit's caches are keyed on the function."""
+    calls = compiled_custom_calls(lambda *a: fn(*a), *args)
+    return any(target == "linopx_spmv" for target, _ in calls)
+
+
+def force_xla_sparse_products(monkeypatch) -> None:
+    """Switch the native sparse product off for one test (the pure-XLA path, its fallback)."""
+    import linopx.linops.sparse as sparse_module
+
+    monkeypatch.setattr(sparse_module, "_native_product_applies", lambda x: False)
+
+
 def count_compiled_calls(fn: Callable, routine: str, *args: Any) -> int:
     """How many calls to the LAPACK `routine` (e.g. "getrf") the compiled `jax.jit(fn)(*args)`
     makes."""

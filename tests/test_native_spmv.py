@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import force_xla_sparse_products, uses_native_spmv
 
 import linopx as lx
-import linopx.linops.sparse as sparse_module
 from linopx._native import spmv as native
 
 pytestmark = pytest.mark.skipif(
@@ -49,15 +49,6 @@ def random_matrix(rng, m, n, dtype, order="rows", density=0.15, duplicates=0):
     return sp.coo_matrix((data[order_].astype(dtype), (rows[order_], cols[order_])), (m, n))
 
 
-def xla_only(monkeypatch):
-    monkeypatch.setattr(sparse_module, "_native_product_applies", lambda x: False)
-
-
-def uses_kernel(f, *args) -> bool:
-    # A fresh function each time: jit's caches are keyed on the function.
-    return "linopx_spmv" in jax.jit(lambda *a: f(*a)).lower(*args).as_text()
-
-
 @pytest.mark.parametrize("order, form", [("rows", 0), ("cols", 1), ("shuffled", 2)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
 def test_products_match_scipy(order, form, dtype, rng):
@@ -70,7 +61,7 @@ def test_products_match_scipy(order, form, dtype, rng):
     u = rng.normal(size=37).astype(dtype)
     mv = jax.jit(lambda v, x: lx.SparseCOOLinearOperator(v, op.pattern).mv(x))
     rmv = jax.jit(lambda v, u: lx.SparseCOOLinearOperator(v, op.pattern).transpose().mv(u))
-    assert uses_kernel(mv, op.values, x) and uses_kernel(rmv, op.values, u)
+    assert uses_native_spmv(mv, op.values, x) and uses_native_spmv(rmv, op.values, u)
     ref = a.astype(np.complex128 if a.dtype.kind == "c" else np.float64).tocsr()
     tol = 1e-6 if dtype in (np.float32, np.complex64) else 1e-14
     assert mv(op.values, x).dtype == dtype
@@ -134,7 +125,7 @@ def test_derivatives_match_the_xla_path_and_finite_differences(order, rng, monke
         return loss
 
     loss = make_loss()
-    assert uses_kernel(loss, op.values, x)
+    assert uses_native_spmv(loss, op.values, x)
     val, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(op.values, x)
 
     def hvp(loss):  # Hessian-vector product in x: forward over reverse
@@ -151,9 +142,9 @@ def test_derivatives_match_the_xla_path_and_finite_differences(order, rng, monke
         fd = loss(op.values + eps * d_v, x + eps * d_x) - loss(op.values - eps * d_v, x - eps * d_x)
         fd = fd / (2 * eps)
         np.testing.assert_allclose(grads[0] @ d_v + grads[1] @ d_x, fd, rtol=1e-6)
-    xla_only(monkeypatch)
+    force_xla_sparse_products(monkeypatch)
     loss = make_loss()
-    assert not uses_kernel(loss, op.values, x)
+    assert not uses_native_spmv(loss, op.values, x)
     val_x, grads_x = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(op.values, x)
     np.testing.assert_allclose(val, val_x, rtol=1e-13)
     for g, gx in zip(grads, grads_x):
@@ -343,11 +334,11 @@ def test_solver_loops_keep_the_diagonal_form_for_stencils(rng):
     scattered = lx.SparseCOOLinearOperator.from_scipy(random_matrix(rng, 50, 50, np.float64))
     x = rng.normal(size=50)
     for op, in_loop in ((stencil, False), (scattered, True)):
-        assert uses_kernel(
+        assert uses_native_spmv(
             lambda v, x: lx.SparseCOOLinearOperator(v, op.pattern).mv(x), op.values, x
         )
         with in_solver_loop():
-            used = uses_kernel(
+            used = uses_native_spmv(
                 lambda v, x: lx.SparseCOOLinearOperator(v, op.pattern).mv(x), op.values, x
             )
         assert used == in_loop

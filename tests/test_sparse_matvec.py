@@ -15,10 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import force_xla_sparse_products
 
 import linopx as lx
-import linopx.linops.sparse as sparse_module
-from linopx.linops.sparse import SparsityPattern, diagonal_layout
+from linopx.linops.sparse import SparsityPattern, _diagonal_form, diagonal_layout
 
 
 @pytest.fixture(autouse=True, params=["native", "xla"])
@@ -29,7 +29,7 @@ def product_path(request, monkeypatch):
         if not info["available"]:
             pytest.skip(f"native kernels unavailable: {info['reason']}")
     else:
-        monkeypatch.setattr(sparse_module, "_native_product_applies", lambda x: False)
+        force_xla_sparse_products(monkeypatch)
     return request.param
 
 
@@ -75,14 +75,10 @@ def permuted(a: sp.coo_matrix, order) -> sp.coo_matrix:
 def layout_kind(op) -> str:
     """Which path `op.mv` takes: "window", "gather" or "general"; the transpose's layout for a
     pattern that is sorted by column only (see `SparseCOOLinearOperator.mv`)."""
-    p = op.pattern
-    if p.rows_sorted or not p.cols_sorted:
-        layout = diagonal_layout(p)
-    else:
-        layout = diagonal_layout(p.transpose())
-    if layout is None:
+    form = _diagonal_form(op.pattern)
+    if form is None:
         return "general"
-    return "window" if layout.gather is None else "gather"
+    return "window" if form[0].gather is None else "gather"
 
 
 def check_products(a: sp.coo_matrix, rng, kind: str) -> None:

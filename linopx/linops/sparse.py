@@ -389,6 +389,16 @@ def _native_product_applies(x: jax.Array) -> bool:
     )
 
 
+def _diagonal_form(pattern: SparsityPattern) -> tuple[DiagonalLayout, bool] | None:
+    """The diagonal layout that `mv` uses for `pattern`, laid out for whichever of the pattern and
+    its transpose is sorted by row (a transposed operator reuses the layout of the operator it
+    came from): `(layout, False)` for the pattern's own, `(layout, True)` for its transpose's (the
+    product is then the transposed one), or None where the general path suits it better."""
+    transposed = not pattern.rows_sorted and pattern.cols_sorted
+    layout = diagonal_layout(pattern.transpose() if transposed else pattern)
+    return None if layout is None else (layout, transposed)
+
+
 class TracedIndices:
     """`rows` and `cols` as traced integer arrays (see the module docstring)."""
 
@@ -700,27 +710,16 @@ class SparseCOOLinearOperator(AbstractLinearOperator):
 
     def _diagonal_in_loop(self) -> bool:
         """Inside a solver's loop, a pattern with a diagonal layout keeps the XLA diagonal form."""
-        if not _IN_SOLVER_LOOP.get():
-            return False
-        p = self.pattern
-        sorted_pattern = p if (p.rows_sorted or not p.cols_sorted) else p.transpose()
-        return diagonal_layout(sorted_pattern) is not None
+        return _IN_SOLVER_LOOP.get() and _diagonal_form(self.pattern) is not None
 
     def _xla_mv(self, values, x):
         """The product in XLA operations (any platform, sharding, traced patterns)."""
-        p = self.pattern
-        if p is not None:
+        form = _diagonal_form(self.pattern) if self.pattern is not None else None
+        if form is not None:
             # A concrete pattern with its entries on a few diagonals: the diagonal fast path (see
-            # `DiagonalLayout`), laid out for whichever of the pattern and its transpose is sorted
-            # by row (a transposed operator reuses the layout of the operator it came from).
-            if p.rows_sorted or not p.cols_sorted:
-                layout = diagonal_layout(p)
-                if layout is not None:
-                    return diagonal_mv(layout, values, x)
-            else:
-                layout = diagonal_layout(p.transpose())
-                if layout is not None:
-                    return diagonal_rmv(layout, values, x)
+            # `DiagonalLayout`).
+            layout, transposed = form
+            return (diagonal_rmv if transposed else diagonal_mv)(layout, values, x)
         # The general path. y[i] = sum_k values[k] x[cols[k]] over the k with rows[k] = i: a gather
         # and a segment sum, O(nnz) work and memory. Its transpose (reverse mode) is again a gather
         # and a segment sum.
