@@ -131,21 +131,9 @@ def _abstract_eval(values, x, *, plan):
 
 def _xla_product(values, x, *, plan):
     """The same product in XLA operations (gather and segment sum), batched like the kernel."""
-    rows, cols = jnp.asarray(plan.rows), jnp.asarray(plan.cols)
-
-    def one(v, xx):
-        return jax.ops.segment_sum(v * xx[cols], rows, num_segments=plan.m)
-
-    bv, bx = values.shape[:-1], x.shape[:-1]
-    if not bv and not bx:
-        return one(values, x)
-    batch = bv or bx
-    v2 = values.reshape((-1, values.shape[-1]))
-    x2 = x.reshape((-1, x.shape[-1]))
-    out = jax.vmap(one, in_axes=(0 if bv else None, 0 if bx else None))(
-        v2 if bv else values, x2 if bx else x
-    )
-    return out.reshape(batch + (plan.m,))
+    prod = values * x[..., plan.cols]  # (*batch, nnz): an unbatched operand broadcasts
+    y = jax.ops.segment_sum(jnp.moveaxis(prod, -1, 0), plan.rows, num_segments=plan.m)
+    return jnp.moveaxis(y, 0, -1)
 
 
 def _ffi_product(values, x, *, plan):
