@@ -300,7 +300,7 @@ def _linear_solve(operator, vector, solver, options, state, throw) -> Solution:
         _check_state(solver, operator, options, state)
         state = _stop_gradient(state)
     value, result, solver_result, stats = bind_solve(
-        operator, state, vector, options, solver, throw, check=False
+        operator, state, vector, options, solver, throw
     )
     _check_value(operator, vector, value)
     # What a failed solve is blamed on: the operator's values (Python float scalars of `A * x`

@@ -1,17 +1,21 @@
 """Compiled CPU kernels, built on first use.
 
-The sparse product (`linopx_spmv`, in `sparse_kernels.cc`) is an XLA FFI handler. It is compiled
-the first time a sparse product is traced for the CPU, with the machine's C++ compiler (`$CXX`,
+Two XLA FFI handlers, built into one library: the sparse product (`linopx_spmv`, in
+`sparse_kernels.cc`) and the run-time check of a solve with `throw=True` (`linopx_check`, in
+`checks.cc`). The library is compiled the first time either is traced for the CPU, with the
+machine's C++ compiler (`$CXX`,
 else `c++`/`g++`/`clang++` on the path) against the FFI headers of the installed jaxlib
 (`jax.ffi.include_dir()`, so the binary matches the runtime it is loaded into), and kept in a
 cache directory for later processes:
 
 - `$LINOPX_CACHE_DIR`, else `$XDG_CACHE_HOME/linopx`, else `~/.cache/linopx`;
-- one file per source, jaxlib version, compiler and machine (a digest in its name), written
-  under a temporary name and renamed into place, so processes building at once do not clash.
+- one file per set of sources, jaxlib version, compiler and machine (a digest in its name),
+  written under a temporary name and renamed into place, so processes building at once do not
+  clash.
 
 Nothing here is needed for correctness: without a compiler, or with `LINOPX_NATIVE=0`, or if the
-build fails, the sparse product stays in XLA (the same results, slower on the CPU).
+build fails, the sparse product stays in XLA (the same results, slower on the CPU) and the check
+is a Python callback in a `cond` (the same errors, a slower compile).
 `lx.native_info()` says which is in use and why. A failed build (a compiler was found but did not
 produce a library) warns once; a missing compiler does not.
 """
@@ -30,9 +34,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-_SOURCE = Path(__file__).with_name("sparse_kernels.cc")
-_TARGET = "linopx_spmv"
-_SYMBOL = "LinopxSpmv"
+_SOURCES = tuple(Path(__file__).with_name(f) for f in ("sparse_kernels.cc", "checks.cc"))
+# FFI target name -> the handler's symbol in the library.
+_TARGETS = {"linopx_spmv": "LinopxSpmv", "linopx_check": "LinopxCheck"}
+CHECK_TARGET = "linopx_check"
 _BUILD_TIMEOUT_SECONDS = 600
 
 _lock = threading.Lock()
@@ -65,7 +70,8 @@ def _library_path(compiler: str) -> Path:
     import jaxlib
 
     h = hashlib.sha256()
-    h.update(_SOURCE.read_bytes())
+    for source in _SOURCES:
+        h.update(source.read_bytes())
     for part in (jaxlib.__version__, compiler, platform.machine(), platform.system()):
         h.update(b"\0" + str(part).encode())
     return cache_dir() / f"linopx_kernels-{h.hexdigest()[:16]}.so"
@@ -85,7 +91,7 @@ def _build(compiler: str, out: Path) -> None:
         "-fPIC",
         "-w",
         f"-I{jax.ffi.include_dir()}",
-        str(_SOURCE),
+        *map(str, _SOURCES),
         "-o",
         tmp,
     ]
@@ -117,14 +123,16 @@ def _load() -> None:
         if not path.exists():
             _build(compiler, path)
         lib = ctypes.cdll.LoadLibrary(str(path))
-        jax.ffi.register_ffi_target(
-            _TARGET, jax.ffi.pycapsule(getattr(lib, _SYMBOL)), platform="cpu"
-        )
+        for target, symbol in _TARGETS.items():
+            jax.ffi.register_ffi_target(
+                target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu"
+            )
     except Exception as e:  # noqa: BLE001 - any failure means: stay in XLA, and say why
         _state["reason"] = f"the build or load failed: {type(e).__name__}: {e}"
         warnings.warn(
-            f"linopx could not build its native sparse kernels ({_state['reason']}). Sparse "
-            "products run in XLA instead: the same results, slower on the CPU. Set "
+            f"linopx could not build its native kernels ({_state['reason']}). Sparse "
+            "products run in XLA instead, and `throw=True` checks are Python callbacks: the "
+            "same results, slower on the CPU. Set "
             "LINOPX_NATIVE=0 to skip the build; `lx.native_info()` reports the state.",
             RuntimeWarning,
             stacklevel=4,

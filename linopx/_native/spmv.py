@@ -29,7 +29,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import _TARGET
+_TARGET = "linopx_spmv"
 
 _KERNEL_DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
 

@@ -29,7 +29,7 @@ from .. import _tree
 from .._lru import LRUCache
 from .._solution import RESULTS
 from ..linops.functions import conj as conj_operator
-from ._checks import raise_if_failed, run_eagerly
+from ._checks import raise_if_failed
 from .._sharding import broadcast_batch, placed_like, typed_like, zeros_of
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def _split(operator, state, vector, options, solver) -> tuple[list, _Static]:
 # Evaluation
 
 
-def _compute_unbatched(leaves, static: _Static, check: bool = False):
+def _compute_unbatched(leaves, static: _Static):
     """One (unbatched) solve. Returns `(value, (result, solver_result), stats)`: `solver_result` is
     the solver's own verdict, `result` adds `singular` for a non-finite solution. Why a failure
     happened (e.g. non-finite inputs) is worked out only where it is looked at; see `_checks.py`."""
@@ -134,11 +134,6 @@ def _compute_unbatched(leaves, static: _Static, check: bool = False):
             RESULTS.singular,
             solver_result,
         )
-    if check:
-        # Raised from inside the primitive for the solves that derivatives make, so that the check
-        # never has to be differentiated or transposed itself.
-        s_op, _, s_vec, _, _ = static.slices()
-        value = raise_if_failed(value, result, solver_result, leaves[s_op], leaves[s_vec])
     return value, (result, solver_result), stats
 
 
@@ -157,12 +152,12 @@ def _flat_outputs(value, result, stats):
     return [jnp.asarray(x) for x in jax.tree_util.tree_leaves((value, result, stats))]
 
 
-def _member_fn(static: _Static, batch: tuple, check: bool, record: list | None = None):
+def _member_fn(static: _Static, batch: tuple, record: list | None = None):
     """The flat-output function of one bind (vmapped once per level of `batch`). `record`, if
     given, receives the tree structure of one member's `(value, result, stats)`."""
 
     def f(leaves):
-        out = _compute_unbatched(leaves, static, check)
+        out = _compute_unbatched(leaves, static)
         if record is not None:
             record.append(jax.tree_util.tree_structure(out))
         return _flat_outputs(*out)
@@ -172,11 +167,11 @@ def _member_fn(static: _Static, batch: tuple, check: bool, record: list | None =
     return f
 
 
-def _impl(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
-    return _member_fn(static, batch, check)(list(leaves))
+def _impl(*leaves, static: _Static, batch: tuple, throw: bool):
+    return _member_fn(static, batch)(list(leaves))
 
 
-# Per `(static, avals, batch, check)`: the output tree structure of one member, the output avals,
+# Per `(static, avals, batch)`: the output tree structure of one member, the output avals,
 # and the traced program, which the lowering below reuses rather than tracing the solver again
 # (tracing is a sizeable part of compile time). A program that captured large constants is not
 # kept: the cache must not hold on to users' arrays; and all the constants kept together are
@@ -211,7 +206,7 @@ def _key_avals(avals) -> tuple:
     return tuple(a.update(weak_type=False) for a in avals)
 
 
-def _out_info(static: _Static, avals: tuple, batch: tuple, check: bool):
+def _out_info(static: _Static, avals: tuple, batch: tuple):
     """`(treedef, out_avals, jaxpr)`: the tree structure of one (unbatched) member's
     `(value, result, stats)`, the batched output avals, and the traced program (a closed jaxpr,
     or None if it was not kept). Cached."""
@@ -219,7 +214,7 @@ def _out_info(static: _Static, avals: tuple, batch: tuple, check: bool):
     def trace():
         structs = [_struct(a) for a in avals]
         record: list = []
-        closed = jax.make_jaxpr(_member_fn(static, batch, check, record))(structs)
+        closed = jax.make_jaxpr(_member_fn(static, batch, record))(structs)
         consts_bytes = _consts_bytes(closed)
         return (
             record[0],
@@ -227,17 +222,17 @@ def _out_info(static: _Static, avals: tuple, batch: tuple, check: bool):
             closed if consts_bytes <= _MAX_CACHED_CONST_BYTES else None,
         )
 
-    return _TRACE_CACHE.get((static, _key_avals(avals), batch, check), trace)
+    return _TRACE_CACHE.get((static, _key_avals(avals), batch), trace)
 
 
-def _abstract_eval(*avals, static, batch, throw, check):
-    return _out_info(static, avals, batch, check)[1]
+def _abstract_eval(*avals, static, batch, throw):
+    return _out_info(static, avals, batch)[1]
 
 
-def _lowering(ctx, *args, static, batch, throw, check):
-    closed = _out_info(static, ctx.avals_in, batch, check)[2]
+def _lowering(ctx, *args, static, batch, throw):
+    closed = _out_info(static, ctx.avals_in, batch)[2]
     if closed is None:
-        fn = functools.partial(_impl, static=static, batch=batch, throw=throw, check=check)
+        fn = functools.partial(_impl, static=static, batch=batch, throw=throw)
     else:
         fn = jax_core.jaxpr_as_fun(closed)
     return mlir.lower_fun(fn, multiple_results=True)(ctx, *args)
@@ -246,20 +241,17 @@ def _lowering(ctx, *args, static, batch, throw, check):
 _EAGER_CACHE = LRUCache(512)
 
 
-def _eager(*leaves, static: _Static, batch: tuple, throw: bool, check: bool):
+def _eager(*leaves, static: _Static, batch: tuple, throw: bool):
     """Evaluate a bind outside `jit` (e.g. in the solves of an eager `jax.grad`) by compiling the
     primitive once per signature, as JAX does for its own primitives, rather than dispatching the
     solver's operations one by one."""
 
     def compile_bind():
         return jax.jit(
-            lambda *xs: linear_solve_p.bind(
-                *xs, static=static, batch=batch, throw=throw, check=check
-            )
+            lambda *xs: linear_solve_p.bind(*xs, static=static, batch=batch, throw=throw)
         )
 
-    fn = _EAGER_CACHE.get((static, batch, throw, check), compile_bind)
-    return run_eagerly(fn, *leaves) if (throw or check) else fn(*leaves)
+    return _EAGER_CACHE.get((static, batch, throw), compile_bind)(*leaves)
 
 
 linear_solve_p = Primitive("linopx_linear_solve")
@@ -269,25 +261,44 @@ linear_solve_p.def_abstract_eval(_abstract_eval)
 mlir.register_lowering(linear_solve_p, _lowering)
 
 
-def bind_solve(operator, state, vector, options, solver, throw: bool, check: bool | None = None):
+def bind_solve(operator, state, vector, options, solver, throw: bool):
     """Solve through the primitive. Returns `(value, result, solver_result, stats)`.
 
-    `throw` says whether the solves that derivatives make raise on failure; `check` (default:
-    `throw`) whether this solve raises itself, at run time, with the `RESULTS` message.
-    `linear_solve` checks its own result outside the primitive (cheaper to compile) and passes
-    `check=False`."""
-    if check is None:
-        check = throw
+    `throw` says whether the solves that derivatives make raise on failure. The primitive never
+    raises itself: `linear_solve` checks its own result after it, and the derivative rules check
+    theirs (`_solve_value`)."""
     leaves, static = _split(operator, state, vector, options, solver)
     avals = tuple(_aval(x) for x in leaves)
-    treedef = _out_info(static, avals, (), check)[0]
-    out = linear_solve_p.bind(*leaves, static=static, batch=(), throw=throw, check=check)
+    treedef = _out_info(static, avals, ())[0]
+    out = linear_solve_p.bind(*leaves, static=static, batch=(), throw=throw)
     value, (result, solver_result), stats = jax.tree_util.tree_unflatten(treedef, out)
     return value, result, solver_result, stats
 
 
-def _solve_value(operator, state, vector, options, solver, throw):
-    return bind_solve(operator, state, vector, options, solver, throw)[0]
+def _array_leaves(tree) -> list:
+    # An operator's leaves may include functions and traced programs (`JacobianLinearOperator`).
+    return [x for x in jax.tree_util.tree_leaves(tree) if eqx.is_array(x)]
+
+
+def _solve_value(operator, state, vector, options, solver, throw, inspected=None):
+    """The value of a solve that a derivative makes, checked (for `throw`) as `linear_solve`
+    checks its own, outside the primitive (`check_p` is linear: it is differentiated and
+    transposed as the identity on the values).
+
+    A failure's diagnosis looks at the entries of `inspected` (default: `operator`). The transpose
+    rule passes the untransposed operator: the same entries, where inspecting the transposed
+    one's would make XLA lay out a transposed copy of the matrix for the check on every call
+    (the check reads its inputs only when the solve failed, but they must exist)."""
+    value, result, solver_result, _ = bind_solve(operator, state, vector, options, solver, throw)
+    if throw:
+        value = raise_if_failed(
+            value,
+            result,
+            solver_result,
+            _array_leaves(operator if inspected is None else inspected),
+            _array_leaves(vector),
+        )
+    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -403,7 +414,9 @@ def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
                 operator_h = conj_operator(operator_h)
 
             def solve_h(w):
-                return _solve_value(operator_h, state_h, w, options_h, solver, throw)
+                return _solve_value(
+                    operator_h, state_h, w, options_h, solver, throw, inspected=operator
+                )
 
             if rows:
                 residual = _sum(vector, _tree.tree_neg(a_mv(x)))
@@ -421,8 +434,8 @@ def _tangent(operator, state, vector, options, solver, x, op_t, vec_t, throw):
     return out
 
 
-def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool, check: bool):
-    out = linear_solve_p.bind(*primals, static=static, batch=batch, throw=throw, check=check)
+def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool):
+    out = linear_solve_p.bind(*primals, static=static, batch=batch, throw=throw)
     s_op, _, s_vec, _, _ = static.slices()
     op_tangents = tangents[s_op]
     vec_tangents = tangents[s_vec]
@@ -430,7 +443,7 @@ def _jvp(primals, tangents, *, static: _Static, batch: tuple, throw: bool, check
     has_vec = any(type(t) is not ad.Zero for t in vec_tangents)
 
     avals = tuple(_aval(p) for p in primals)
-    treedef, out_avals, _ = _out_info(static, avals, batch, check)
+    treedef, out_avals, _ = _out_info(static, avals, batch)
     n_value = treedef.children()[0].num_leaves
     zeros_out = [ad.Zero(a.to_tangent_aval()) for a in out_avals]
     if not (has_op or has_vec):
@@ -502,7 +515,7 @@ ad.primitive_jvps[linear_solve_p] = _jvp
 # Transpose: reverse mode
 
 
-def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool, check: bool):
+def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool):
     s_op, s_state, s_vec, s_opt, s_solver = static.slices()
     for i, p in enumerate(primals):
         if ad.is_undefined_primal(p) and not (s_vec.start <= i < s_vec.stop):
@@ -518,7 +531,7 @@ def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool, check:
         else _aval(p)
         for p in primals
     )
-    treedef, out_avals, _ = _out_info(static, avals, batch, check)
+    treedef, out_avals, _ = _out_info(static, avals, batch)
     n_value = treedef.children()[0].num_leaves
     value_cts = [
         zeros_of(a) if type(ct) is ad.Zero else typed_like(ct, a)
@@ -544,7 +557,9 @@ def _transpose(cts, *primals, static: _Static, batch: tuple, throw: bool, check:
         operator, state, _, options, solver = static.combine(leaves)
         ct_value = jax.tree_util.tree_unflatten(treedef.children()[0], value_cts)
         state_t, options_t = solver.transpose(state, options)
-        ct_vector = _solve_value(operator.transpose(), state_t, ct_value, options_t, solver, throw)
+        ct_vector = _solve_value(
+            operator.transpose(), state_t, ct_value, options_t, solver, throw, inspected=operator
+        )
         return jax.tree_util.tree_leaves(ct_vector)
 
     f = member
@@ -562,7 +577,7 @@ ad.primitive_transposes[linear_solve_p] = _transpose
 # Batching
 
 
-def _batch(args, dims, *, static: _Static, batch: tuple, throw: bool, check: bool):
+def _batch(args, dims, *, static: _Static, batch: tuple, throw: bool):
     size, like, like_axis = next((a.shape[d], a, d) for a, d in zip(args, dims) if d is not None)
     s_vec = static.slices()[2]
     new_args, axes = [], []
@@ -582,7 +597,7 @@ def _batch(args, dims, *, static: _Static, batch: tuple, throw: bool, check: boo
             axes.append(0)
         new_args.append(a)
     out = linear_solve_p.bind(
-        *new_args, static=static, batch=batch + (tuple(axes),), throw=throw, check=check
+        *new_args, static=static, batch=batch + (tuple(axes),), throw=throw
     )
     return out, [0] * len(out)
 
