@@ -146,7 +146,7 @@ def problem(kind: str, k: int):
 # Child processes
 
 
-def _pin_one_cpu() -> None:
+def pin_one_cpu() -> None:
     """Restrict this process to one CPU (Linux), before JAX starts its thread pool."""
     try:
         cpus = sorted(os.sched_getaffinity(0))
@@ -562,7 +562,7 @@ def main() -> None:
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _pin_one_cpu()
+        pin_one_cpu()
         what, kind, k, *rest = args.child
         if what == "spmv":
             print(json.dumps(child_spmv(kind, int(k))))

@@ -44,7 +44,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 SUITES = (
-    "dense", "iterative", "sparse", "sparse_memory", "large_sparse", "logdet", "sharded", "soak",
+    "dense", "iterative", "single_thread", "sparse", "sparse_memory", "large_sparse", "logdet",
+    "sharded", "soak",
 )  # fmt: skip
 # The repository's report, and its copy in the documentation (relative to the docs folder).
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
