@@ -105,6 +105,15 @@ def print_table(rows: list[dict]) -> None:
     print("\n".join(table_lines(rows)))
 
 
+def print_suite(cases: Callable, quick: bool, notes: Callable | None = None) -> None:
+    """Run every case of `cases(quick)` and print one table, then `notes(rows)` if given (the
+    report notes of a suite script run on its own)."""
+    rows = [r for _, thunk in cases(quick) for r in thunk()]
+    print_table(rows)
+    if notes is not None:
+        print("\n".join(notes(rows)))
+
+
 def suite_main(doc: str, cases: Callable, notes: list[str]) -> None:
     """The command line of a suite script: `--quick`, the notes (e.g. which alternative is not
     installed), then every case of `cases(quick)` and one table."""

@@ -569,11 +569,9 @@ def main() -> None:
         else:
             print(json.dumps(child_solve(kind, int(k), " ".join(rest))))
         return
-    from benchmarks._timing import print_table
+    from benchmarks._timing import print_suite
 
-    rows = [r for _, thunk in cases(args.quick) for r in thunk()]
-    print_table(rows)
-    print("\n".join(report_notes(rows)))
+    print_suite(cases, args.quick, report_notes)
 
 
 if __name__ == "__main__":
