@@ -190,7 +190,7 @@ def _guard_impl(
 # that it is linear in `values` as JAX sees it: its JVP and transpose pass the values' tangents and
 # cotangents straight through, and `jax.linear_transpose` of a solve (and the transposition that
 # libraries such as Optimistix and Diffrax do of linearised programs) never has to transpose the
-# check. The transposed solve carries its own check (`check=throw` in the primitive's transpose).
+# check. The transposed solve carries its own check (`_solve_value` in the primitive's transpose).
 check_p = Primitive("linopx_check")
 check_p.multiple_results = True
 
@@ -220,9 +220,10 @@ def _messages() -> str:
 
 def _native_guard(*operands, n_values: int, n_operator: int, member_ndims: tuple):
     """`_guard_impl` as one call of the compiled `linopx_check` handler: no `cond`, no Python at
-    run time. It returns at once when no member failed, and only then reads the inputs (on the
-    host, where they already are); see `checks.cc`. The call has a side effect, so XLA keeps it
-    whether or not the values are used after it, and a failure fails the whole program."""
+    run time. It returns at once when no member failed; only when one did does it read the inputs
+    (on the host, where they already are); see `checks.cc`. The call has a side effect, so XLA keeps
+    it whether or not the values are used after it, and its failure fails the whole program, so the
+    values need no tie to it."""
     values = list(operands[:n_values])
     code, solver_code = operands[n_values], operands[n_values + 1]
     arrays = list(operands[n_values + 2 :])
@@ -244,8 +245,8 @@ def _native_guard(*operands, n_values: int, n_operator: int, member_ndims: tuple
 def _check_lowering_cpu(ctx, *args, n_values, **params):
     """On the CPU, within one device (or per device, inside a `shard_map` over all axes), the
     compiled check when it is built; else the `cond` and callback of `_guard_impl`. The compiled
-    check saves the `cond`'s compile time (about a tenth of a small jitted CG solve's) and keeps
-    Python out of the running program."""
+    check compiles faster (no `cond`, no reductions over the inputs in the program) and keeps
+    Python out of the running program, which runs faster (`benchmarks/single_thread.py`)."""
     arrays = ctx.avals_in[n_values + 2 :]
     if (
         per_device_mesh(ctx) is None
