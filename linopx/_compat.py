@@ -94,6 +94,25 @@ def per_device_mesh(ctx):
     return None
 
 
+def fully_manual_axes(ctx) -> tuple | None:
+    """The mesh axes (in mesh order) of a `shard_map` that is manual over all of them, on more
+    than one device, or `None` elsewhere. There a raising check runs on every device by itself,
+    each on its own data: a device that raises alone leaves the others waiting in the next
+    collective, so the check must agree across these axes first.
+
+    `ctx` is a lowering rule's context."""
+    from jax._src import sharding_impls
+
+    axis_context = ctx.module_context.axis_context
+    if not isinstance(axis_context, sharding_impls.SPMDAxisContext):
+        return None
+    mesh = axis_context.mesh
+    manual = frozenset(axis_context.manual_axes)
+    if frozenset(mesh.axis_names) - manual or mesh.size <= 1:
+        return None
+    return tuple(name for name in mesh.axis_names if name in manual)
+
+
 # JAX's own operations (`lax.mul`, ...) make their operands agree on the manual mesh axes they
 # vary over inside `shard_map` (`core.auto_insert_reshard`, inserting `pvary`) before binding their
 # primitive. A traced program replayed primitive by primitive (`linops/function.py`) must do the

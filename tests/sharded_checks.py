@@ -399,6 +399,39 @@ def partial_shard_map_case():
     )
 
 
+def full_manual_failure_case(bad):
+    """A batch of dense solves in a `shard_map` manual over all 8 devices, one system per device,
+    followed by a `psum`. Each device checks its own solve; a failure must raise on every device
+    (one raising alone would leave the others waiting in the `psum`, and XLA would abort the
+    process). `bad`: device -> "nan" or "singular"; the first failed device's diagnosis is
+    raised."""
+    mesh = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Explicit,))
+    a = A_GEN.copy()
+    b = B_BATCH.copy()
+    for device, kind in bad.items():
+        if kind == "nan":
+            b[device, 1] = np.nan
+        else:
+            a[device] = np.outer(np.arange(1.0, M + 1), np.ones(M))
+
+    def body(a, b):
+        x = jax.vmap(lambda a, b: lx.linear_solve(lx.MatrixLinearOperator(a), b).value)(a, b)
+        return jax.lax.psum(jnp.sum(x**2), "x")[None]
+
+    with jax.set_mesh(mesh):
+        place = NamedSharding(mesh, P("x"))
+        f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=(P("x"),) * 2, out_specs=P("x")))
+        try:
+            a, b = jax.device_put(a, place), jax.device_put(b, place)
+            out = np.asarray(jax.block_until_ready(f(a, b)))
+            raised, message = None, ""
+        except Exception as err:  # noqa: BLE001
+            raised, message, out = type(err).__name__, str(err)[-300:], None
+    expected = float(np.sum(np.linalg.solve(A_GEN, B_BATCH[..., None]) ** 2))
+    err = None if out is None else float(np.abs(out - expected).max() / expected)
+    return dict(ok=True, raised=raised, message=message, err=err)
+
+
 def main():
     which = sys.argv[1:] or ["dense", "krylov", "failure", "sparse"]
     if "dense" in which:
@@ -425,6 +458,12 @@ def main():
     if "failure" in which:
         for where in ("auto-nomesh", "auto", "explicit"):
             run(f"failure-{where}", lambda: failure_case(where))
+        for name, bad in (
+            ("none", {}),
+            ("nan", {5: "nan"}),
+            ("singular-then-nan", {2: "singular", 5: "nan"}),
+        ):
+            run(f"full-manual-{name}", lambda: full_manual_failure_case(bad))
     if "sparse" in which:
         for kind in ("auto", "explicit"):
             for how in ("direct", "cg"):

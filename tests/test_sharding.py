@@ -24,13 +24,13 @@ DENSE = ["LU", "QR", "SVD", "Cholesky", "Auto"]
 KRYLOV = ["CG", "GMRES", "BiCGStab", "MINRES", "LSMR", "LSQR"]
 
 
-@pytest.fixture(scope="module")
-def sharded():
+def _run_checks(*groups: str, **env_extra: str):
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), env.get("PYTHONPATH", "")])
+    env.update(env_extra)
     proc = subprocess.run(
-        [sys.executable, os.path.join(HERE, "sharded_checks.py")],
+        [sys.executable, os.path.join(HERE, "sharded_checks.py"), *groups],
         capture_output=True,
         text=True,
         env=env,
@@ -45,6 +45,17 @@ def sharded():
         f"the subprocess did not finish:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     )
     return cases, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    return _run_checks()
+
+
+@pytest.fixture(scope="module")
+def sharded_fallback():
+    """The failure cases with the native kernels off: every check is the `cond` + callback."""
+    return _run_checks("failure", LINOPX_NATIVE="0")
 
 
 def case(sharded, name):
@@ -128,14 +139,30 @@ def test_krylov_inside_shard_map(sharded, name):
     assert r["out_spec"] == "P('x',)"
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["default", "LINOPX_NATIVE=0"])
 @pytest.mark.parametrize("where", ["auto-nomesh", "auto", "explicit"])
-def test_failure_raises_on_every_device(sharded, where):
+def test_failure_raises_on_every_device(sharded, sharded_fallback, where, native):
     # A NaN in the right-hand side with throw=True: the solve raises with the RESULTS message
     # (if one device raised alone, the others would wait for it and XLA would abort the process,
     # and the subprocess would not reach "done").
-    r = case(sharded, f"failure-{where}")
+    r = case(sharded if native else sharded_fallback, f"failure-{where}")
     assert r["raised"] is not None
     assert "NaN or infinity" in r["message"]
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["default", "LINOPX_NATIVE=0"])
+def test_full_manual_shard_map_failure_raises_on_every_device(sharded, sharded_fallback, native):
+    # One solve per device inside a `shard_map` over all axes, then a `psum`: the devices agree on
+    # a failure before raising, so none is left waiting in the `psum` (XLA would abort the process,
+    # and the subprocess would not reach "done"); every device raises the first failed device's
+    # diagnosis.
+    sharded = sharded if native else sharded_fallback
+    ok = case(sharded, "full-manual-none")
+    assert ok["raised"] is None and ok["err"] < 1e-12
+    nan = case(sharded, "full-manual-nan")
+    assert nan["raised"] is not None and "NaN or infinity" in nan["message"]
+    first = case(sharded, "full-manual-singular-then-nan")
+    assert first["raised"] is not None and "singular" in first["message"]
 
 
 @pytest.mark.parametrize("kind", ["auto", "explicit"])

@@ -31,7 +31,13 @@ from jax.interpreters import ad, batching, mlir
 from jax.sharding import PartitionSpec as P
 
 from .. import _native, _tree
-from .._compat import enum_index, enum_message, per_device_mesh, silence_callback_log
+from .._compat import (
+    enum_index,
+    enum_message,
+    fully_manual_axes,
+    per_device_mesh,
+    silence_callback_log,
+)
 from .._lru import LRUCache
 from .._solution import RESULTS, LinearSolveError
 from .._sharding import broadcast_batch
@@ -132,7 +138,12 @@ def _diagnosis(code, solver_code, flags, n_operator: int):
 
 
 def _guard_impl(
-    *operands, n_values: int, n_operator: int, member_ndims: tuple, per_device_mesh=None
+    *operands,
+    n_values: int,
+    n_operator: int,
+    member_ndims: tuple,
+    per_device_mesh=None,
+    manual_axes=None,
 ):
     """What `check_p` computes: the values, unchanged, once the host has confirmed that no member
     failed. `code` carries one leading axis per `vmap` level; so does every value, and so does every
@@ -142,10 +153,22 @@ def _guard_impl(
     the axes to map over, all if None): run the host call on every device rather than on one. A
     callback that raises on one device while the others wait for its result in a collective leaves
     them waiting, and XLA then aborts the whole process; when every device raises the same error at
-    the same point, the program fails cleanly."""
+    the same point, the program fails cleanly.
+
+    `manual_axes` (set inside a `shard_map` manual over all axes of a mesh of several devices,
+    where each device checks its own part): the devices first agree, by collectives over these
+    axes, on whether any failed, and on the diagnosis of the first one that did (in device order),
+    so that every device raises that same error there too."""
     values = list(operands[:n_values])
     code, solver_code = operands[n_values], operands[n_values + 1]
     arrays = list(operands[n_values + 2 :])
+
+    failed = jnp.any(code != _SUCCESSFUL)
+    if manual_axes is not None:
+        device = jax.lax.axis_index(manual_axes)
+        n_devices = jax.lax.psum(1, manual_axes)
+        first_device = jax.lax.pmin(jnp.where(failed, device, n_devices), manual_axes)
+        failed = first_device < n_devices
 
     def look():
         # Each input is reduced to one flag per member, in the program, and the members to one
@@ -156,6 +179,12 @@ def _guard_impl(
             for a, nd in zip(arrays, member_ndims)
         ]
         diagnosis = _diagnosis(code, solver_code, flags, n_operator)
+        if manual_axes is not None:
+            # Every device takes this branch together (its predicate is agreed), so the
+            # collective is safe here; each gets the first failed device's diagnosis.
+            diagnosis = jax.lax.psum(
+                jnp.where(device == first_device, diagnosis, 0), manual_axes
+            )
 
         def call(d):
             return jax.pure_callback(
@@ -176,9 +205,7 @@ def _guard_impl(
 
     # The predicate is a single boolean, so the look at the inputs, and the callback, only run
     # when a solve failed.
-    token = jax.lax.cond(
-        jnp.any(code != _SUCCESSFUL), look, lambda: jnp.zeros((), jnp.int32)
-    )
+    token = jax.lax.cond(failed, look, lambda: jnp.zeros((), jnp.int32))
     # Tie the values to the check so that neither can be dropped or reordered before it: the
     # callback never returns (it raises), so `token` is 0 whenever the values are used.
     ok = token == 0
@@ -201,7 +228,12 @@ def _check_abstract_eval(*avals, n_values, **_):
 
 
 def _check_lowering(ctx, *args, **params):
-    fn = functools.partial(_guard_impl, per_device_mesh=per_device_mesh(ctx), **params)
+    fn = functools.partial(
+        _guard_impl,
+        per_device_mesh=per_device_mesh(ctx),
+        manual_axes=fully_manual_axes(ctx),
+        **params,
+    )
     return mlir.lower_fun(fn, multiple_results=True)(ctx, *args)
 
 
@@ -243,13 +275,14 @@ def _native_guard(*operands, n_values: int, n_operator: int, member_ndims: tuple
 
 
 def _check_lowering_cpu(ctx, *args, n_values, **params):
-    """On the CPU, within one device (or per device, inside a `shard_map` over all axes), the
-    compiled check when it is built; else the `cond` and callback of `_guard_impl`. The compiled
+    """On the CPU, within one device, the compiled check when it is built; else the `cond` and
+    callback of `_guard_impl` (which on several devices makes them agree). The compiled
     check compiles faster (no `cond`, no reductions over the inputs in the program) and keeps
     Python out of the running program, which runs faster (`benchmarks/single_thread.py`)."""
     arrays = ctx.avals_in[n_values + 2 :]
     if (
         per_device_mesh(ctx) is None
+        and fully_manual_axes(ctx) is None
         and all(jnp.dtype(a.dtype) in _NATIVE_DTYPES for a in arrays)
         and _native.available()
     ):
