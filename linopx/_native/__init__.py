@@ -3,10 +3,9 @@
 Two XLA FFI handlers, built into one library: the sparse product (`linopx_spmv`, in
 `sparse_kernels.cc`) and the run-time check of a solve with `throw=True` (`linopx_check`, in
 `checks.cc`). The library is compiled the first time either is traced for the CPU, with the
-machine's C++ compiler (`$CXX`,
-else `c++`/`g++`/`clang++` on the path) against the FFI headers of the installed jaxlib
-(`jax.ffi.include_dir()`, so the binary matches the runtime it is loaded into), and kept in a
-cache directory for later processes:
+machine's C++ compiler (`$CXX`, else `c++`/`g++`/`clang++` on the path) against the FFI headers of
+the installed jaxlib (`jax.ffi.include_dir()`, so the binary matches the runtime it is loaded
+into), and kept in a cache directory for later processes:
 
 - `$LINOPX_CACHE_DIR`, else `$XDG_CACHE_HOME/linopx`, else `~/.cache/linopx`;
 - one file per set of sources, jaxlib version, compiler and machine (a digest in its name),
