@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 _SOURCES = tuple(Path(__file__).with_name(f) for f in ("sparse_kernels.cc", "checks.cc"))
-# FFI target name -> the handler's symbol in the library.
-_TARGETS = {"linopx_spmv": "LinopxSpmv", "linopx_check": "LinopxCheck"}
+# The FFI targets, and the handler symbols in the library they are registered from.
+SPMV_TARGET = "linopx_spmv"
 CHECK_TARGET = "linopx_check"
+_TARGETS = {SPMV_TARGET: "LinopxSpmv", CHECK_TARGET: "LinopxCheck"}
 _BUILD_TIMEOUT_SECONDS = 600
 
 _lock = threading.Lock()

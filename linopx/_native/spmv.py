@@ -29,7 +29,7 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-_TARGET = "linopx_spmv"
+from . import SPMV_TARGET
 
 _KERNEL_DTYPES = (np.float32, np.float64, np.complex64, np.complex128)
 
@@ -106,7 +106,7 @@ def supports(dtype) -> bool:
 # ---------------------------------------------------------------------------------------------
 # The primitive
 
-spmv_p = Primitive("linopx_spmv")
+spmv_p = Primitive(SPMV_TARGET)
 
 
 def _batch_shape(values_shape, x_shape) -> tuple[int, ...]:
@@ -138,7 +138,7 @@ def _xla_product(values, x, *, plan):
 
 def _ffi_product(values, x, *, plan):
     out = jax.ShapeDtypeStruct(_batch_shape(values.shape, x.shape) + (plan.m,), values.dtype)
-    return jax.ffi.ffi_call(_TARGET, out)(
+    return jax.ffi.ffi_call(SPMV_TARGET, out)(
         plan.a,
         plan.b,
         plan.c,

@@ -359,7 +359,7 @@ def diagonal_rmv(layout: DiagonalLayout, values: jax.Array, x: jax.Array) -> jax
 # Set while linopx's iterative solvers trace their loop bodies (`in_solver_loop`): products there
 # are repeated with the same values, so the diagonal layout is set up once before the loop (XLA
 # hoists it) and each iteration is shifted products that XLA fuses with the solver's vector
-# updates. Measured on 3-D Poisson 64³, CG took 0.35-0.38 s so against 0.58-0.63 s with the native
+# updates. Measured on 3-D Poisson 64³, CG took 0.35-0.38 s against 0.58-0.63 s with the native
 # kernel in the loop. Outside such loops the native kernel is faster (no layout at every call).
 _IN_SOLVER_LOOP = contextvars.ContextVar("linopx_in_solver_loop", default=False)
 
